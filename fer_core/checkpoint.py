@@ -1,0 +1,205 @@
+"""Self-describing checkpoints (safetensors weights + JSON) and the classifier that serves them.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``fer_checkpoint.json``. The JSON names the registry
+architecture and its options, the class names in index order, the preprocessing, the test-time augmentation the
+reported metrics used, the metrics and the training config. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fer_core.labels import EMOTIONS
+from fer_core.models import create_model
+from fer_core.preprocess import EvalPreset, Preprocessing
+
+FORMAT = "fer-checkpoint/1"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "fer_checkpoint.json"
+TTA_MODES = ("none", "flip")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild and serve a model, stored as JSON next to its weights."""
+
+    arch: str
+    """Registry name, see :func:`fer_core.list_models`."""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    """Class names in output index order."""
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    tta: str = "none"
+    """Test-time augmentation used by :meth:`Classifier.predict_proba`: 'none' or 'flip'."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    """A short human-readable model name recorded in outputs."""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "name": self.name,
+                "arch": self.arch,
+                "arch_kwargs": self.arch_kwargs,
+                "classes": self.classes,
+                "preprocessing": self.preprocessing.to_dict(),
+                "tta": self.tta,
+                "metrics": self.metrics,
+                "train_config": self.train_config,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "checkpoint") -> "CheckpointMeta":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{source}: {META_FILE} is not valid JSON ({e})") from e
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: unsupported checkpoint format {d.get('format')!r}, expected {FORMAT!r}")
+        try:
+            meta = cls(
+                arch=d["arch"],
+                arch_kwargs=d.get("arch_kwargs", {}),
+                classes=list(d["classes"]),
+                preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                tta=d.get("tta", "none"),
+                metrics=d.get("metrics", {}),
+                train_config=d.get("train_config", {}),
+                name=d.get("name", ""),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: {META_FILE} is incomplete or invalid ({e})") from e
+        if meta.tta not in TTA_MODES:
+            raise CheckpointError(f"{source}: tta must be one of {TTA_MODES}, got {meta.tta!r}")
+        return meta
+
+
+def save_checkpoint(directory: str | os.PathLike, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
+    """Write ``model``'s weights and ``meta`` into ``directory`` (created if needed); returns the folder."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    module = model.module if hasattr(model, "module") else model
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / META_FILE).write_text(meta.to_json() + "\n")
+    return out
+
+
+def default_model_dir() -> Path:
+    """The folder of the default model shipped inside the package."""
+    return Path(str(resources.files("fer_core") / "weights" / "default"))
+
+
+def _resolve(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        folder = default_model_dir()
+        if not (folder / META_FILE).exists():
+            raise CheckpointError(
+                "no default model is shipped in this install; pass a checkpoint folder "
+                "(load_classifier(path) / --model DIR) made by training/train.py"
+            )
+        return folder
+    p = Path(path)
+    if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist; pass a folder holding {META_FILE} and {WEIGHTS_FILE}")
+    for name in (META_FILE, WEIGHTS_FILE):
+        if not (p / name).is_file():
+            raise CheckpointError(f"checkpoint {str(p)!r} has no {name}; pass a folder written by training/train.py")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Module, CheckpointMeta, str]:
+    """Rebuild the model from a checkpoint folder (None = the shipped default).
+
+    Returns:
+        (model in eval mode on the CPU, its metadata, a short id: name plus the weights' sha256 prefix).
+    """
+    folder = _resolve(path)
+    meta = CheckpointMeta.from_json((folder / META_FILE).read_text(), source=str(folder))
+    model = create_model(
+        meta.arch, num_classes=len(meta.classes), in_channels=meta.preprocessing.channels, **meta.arch_kwargs
+    )
+    weights = folder / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except Exception as e:  # safetensors raises several types on a damaged file
+        raise CheckpointError(f"checkpoint {str(folder)!r}: weights do not load into {meta.arch} ({e})") from e
+    model.eval()
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return model, meta, f"{meta.name or meta.arch}@{sha}"
+
+
+class Classifier:
+    """A loaded emotion classifier: ``classes`` and ``predict_proba(crops)``."""
+
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, model_id: str, device: str = "auto") -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.model_id = model_id
+        self.preset = EvalPreset(meta.preprocessing)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.classes)
+
+    @torch.inference_mode()
+    def predict_proba(self, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities for face crops.
+
+        Args:
+            crops: uint8 face crops, N x H x W (grayscale) or N x H x W x 3 (RGB), any size.
+            batch_size: faces per forward pass.
+
+        Returns:
+            float32 (N, len(classes)), rows summing to 1.
+        """
+        crops = np.asarray(crops)
+        n = len(crops)
+        out = np.empty((n, len(self.meta.classes)), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            x = self.preset(crops[start : start + batch_size]).to(self.device)
+            out[start : start + len(x)] = self._probs(x).cpu().numpy()
+        return out
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.model(x).float()
+            if self.meta.tta == "flip":
+                logits = torch.stack([logits, self.model(torch.flip(x, dims=[3])).float()])
+                return torch.softmax(logits, dim=-1).mean(0)
+        return torch.softmax(logits, dim=-1)
+
+
+def load_classifier(path: str | os.PathLike | None = None, *, device: str = "auto") -> Classifier:
+    """Load a classifier from a checkpoint folder, or the default model shipped in the package when ``path`` is None.
+
+    Raises:
+        CheckpointError: with what to pass instead.
+    """
+    model, meta, model_id = load_checkpoint(path)
+    return Classifier(model, meta, model_id, device=device)

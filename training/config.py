@@ -1,0 +1,170 @@
+"""Typed training config: a YAML file in configs/train/ plus command-line overrides, validated on construction.
+
+This module imports nothing heavy, so the CLI can validate a config before Ray or torch start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key as the user typed it."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run."""
+
+    data: str = "../shared/data/fer2013"
+    """FER-2013 location: npz folder, fer2013.csv or Kaggle image folder."""
+    ferplus: str | None = None
+    """Optional FERPlus fer2013new.csv; with soft_targets, its vote shares replace the hard labels."""
+    soft_targets: bool = False
+    """Train on FERPlus vote shares (needs ferplus)."""
+    limit_train: int = 0
+    """Use at most this many training faces (0 = all); for smoke runs."""
+    limit_eval: int = 0
+    """Evaluate on at most this many PublicTest faces (0 = all)."""
+    model: str = "fer_vgg_small"
+    """Registry name (see fer_core.list_models())."""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Architecture options passed to create_model."""
+    input_size: int = 48
+    channels: int = 1
+    mean: float = 0.5
+    std: float = 0.25
+    crop_margin: float = 0.15
+    """Margin around detected faces when the annotation job cuts crops; recorded in the checkpoint."""
+    epochs: int = 30
+    batch_size: int = 128
+    """Global batch size, split across workers."""
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    """Peak learning rate (one-cycle max, cosine start)."""
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_epochs: float = 0.0
+    """Linear warm-up for cosine."""
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 0.5
+    """Share of batches that get mixup (or cutmix when both alphas are set, chosen at random)."""
+    class_weights: bool = False
+    """Weight the loss by inverse class frequency."""
+    aug_pad: int = 4
+    aug_flip: bool = True
+    aug_rotate_deg: float = 10.0
+    aug_scale: float = 0.1
+    aug_translate: float = 0.0
+    aug_brightness: float = 0.2
+    aug_contrast: float = 0.2
+    aug_erase_p: float = 0.5
+    early_stop_patience: int = 0
+    """Stop after this many epochs without a better PublicTest accuracy (0 = off)."""
+    tta: str = "flip"
+    """Test-time augmentation the shipped checkpoint uses, chosen on PublicTest: 'none' or 'flip'."""
+    num_workers: int = 1
+    """Ray Train workers (DDP)."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0
+    """torch threads in each worker (0 = cpus_per_worker)."""
+    max_failures: int = 2
+    """Worker failures tolerated; the run restarts from the latest checkpoint."""
+    seed: int = 0
+    name: str = "fer"
+    """Run name: the checkpoints live under OUT/<name>/ and a re-run with the same name resumes."""
+    model_name: str = ""
+    """Name recorded in the exported checkpoint (defaults to the run name)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{key}: {msg} (got {getattr(self, key)!r})")
+
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.num_workers >= 1, "num_workers", "must be >= 1")
+        need(self.batch_size >= self.num_workers, "batch_size", "must be at least num_workers")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        need(0 <= self.mix_prob <= 1, "mix_prob", "must be in [0, 1]")
+        need(self.tta in ("none", "flip"), "tta", "must be 'none' or 'flip'")
+        need(self.channels in (1, 3), "channels", "must be 1 or 3")
+        need(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        need(not self.soft_targets or bool(self.ferplus), "soft_targets", "needs ferplus set to fer2013new.csv")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a command-line string into the field's type."""
+    if not isinstance(value, str):
+        return value
+    default = _FIELDS[key].default
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if default is dataclasses.MISSING or default is None or isinstance(default, str):
+        return yaml.safe_load(value) if key.endswith("kwargs") else value
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a {type(default).__name__}, got {value!r}") from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config and apply overrides (keys as in the YAML, or with dashes as on the command line).
+
+    Raises:
+        ConfigError: for a missing file, unknown keys or invalid values.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pick one of configs/train/*.yaml")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p.name}: expected a mapping of settings, got {type(loaded).__name__}")
+        values.update(loaded)
+    for key, value in (overrides or {}).items():
+        values[key.replace("-", "_")] = value
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(_FIELDS))}")
+    try:
+        return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``["lr=0.05", "epochs=3"]`` -> ``{"lr": "0.05", "epochs": "3"}``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

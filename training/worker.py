@@ -1,0 +1,180 @@
+"""The function each Ray Train worker runs: load data, build the model, resume, train, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from fer_core.checkpoint import WEIGHTS_FILE, CheckpointMeta, save_checkpoint
+from fer_core.labels import EMOTIONS
+from fer_core.models import create_model
+from training.config import TrainConfig
+from training.data import FerData, ferplus_soft_targets, load_fer, load_ferplus_votes
+from training.loop import Schedule, build_optimizer, predict_logits, preprocessing_of, train_one_epoch, train_preset_of
+
+STATE_FILE = "train_state.pt"
+HISTORY_FILE = "metrics.jsonl"
+
+
+def prepare_images(pixels: np.ndarray, cfg: TrainConfig) -> torch.Tensor:
+    """uint8 (N, 48, 48) faces -> uint8 tensor (N, C, S, S) at the config's size and channels."""
+    if cfg.input_size != pixels.shape[1]:
+        import cv2
+
+        pixels = np.stack([cv2.resize(p, (cfg.input_size, cfg.input_size), interpolation=cv2.INTER_LINEAR) for p in pixels])
+    x = torch.from_numpy(np.ascontiguousarray(pixels))[:, None]
+    return x.repeat(1, cfg.channels, 1, 1) if cfg.channels > 1 else x
+
+
+def make_targets(data: FerData, cfg: TrainConfig) -> torch.Tensor:
+    """(N, 7) target probabilities: one-hot labels, or FERPlus vote shares where soft targets are asked for."""
+    onehot = np.eye(len(EMOTIONS), dtype=np.float32)[data.labels]
+    if cfg.soft_targets and cfg.ferplus:
+        soft = ferplus_soft_targets(load_ferplus_votes(cfg.ferplus, data.row))
+        has_votes = soft.sum(1) > 0
+        onehot[has_votes] = soft[has_votes]
+    return torch.from_numpy(onehot)
+
+
+def _meta(cfg: TrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.model == "seed_cnn":
+        kwargs.setdefault("input_size", cfg.input_size)
+    return CheckpointMeta(
+        arch=cfg.model,
+        arch_kwargs=kwargs,
+        classes=list(EMOTIONS),
+        preprocessing=preprocessing_of(cfg),
+        tta=cfg.tta,
+        metrics=metrics,
+        train_config=cfg.to_dict(),
+        name=cfg.model_name or cfg.name,
+    )
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: one DDP worker. Reports once per epoch with a checkpoint from rank 0."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker))
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    data = load_fer(cfg.data)
+    train = data.split("Training")
+    if cfg.limit_train:
+        train = train.subset(cfg.limit_train, seed=cfg.seed)
+    val = data.split("PublicTest")
+    if cfg.limit_eval:
+        val = val.subset(cfg.limit_eval, seed=cfg.seed)
+    images, targets = prepare_images(train.pixels, cfg), make_targets(train, cfg)
+    class_weight = None
+    if cfg.class_weights:
+        counts = np.bincount(train.labels, minlength=len(EMOTIONS)).astype(np.float32)
+        w = counts.sum() / np.maximum(counts, 1) / len(EMOTIONS)
+        class_weight = torch.from_numpy(w).to(device)
+
+    kwargs = _meta(cfg, {}).arch_kwargs
+    model = create_model(cfg.model, num_classes=len(EMOTIONS), in_channels=cfg.channels, **kwargs)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # oneDNN convolutions run about 30% faster so
+    per_worker_batch = cfg.batch_size // world
+    steps_per_epoch = len(images) // (per_worker_batch * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(images)} training faces; lower batch_size")
+    optimizer = build_optimizer(cfg, model)
+    schedule = Schedule(cfg, optimizer, steps_per_epoch)
+
+    start_epoch, best_acc, best_epoch, history = 0, -1.0, -1, []
+    best_dir = Path(tempfile.mkdtemp(prefix="fer-best-"))
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            model.load_state_dict(load_file(str(Path(d) / "model" / WEIGHTS_FILE)))
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
+            history = [json.loads(line) for line in (Path(d) / HISTORY_FILE).read_text().splitlines() if line]
+            shutil.copytree(Path(d) / "best", best_dir, dirs_exist_ok=True)
+        if rank == 0:
+            print(f"resumed from epoch {start_epoch - 1} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch})")
+
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    preset = train_preset_of(cfg)
+    spec = preprocessing_of(cfg)
+    done = start_epoch >= cfg.epochs or (
+        cfg.early_stop_patience > 0 and best_epoch >= 0 and start_epoch - 1 - best_epoch >= cfg.early_stop_patience
+    )
+    epoch = start_epoch - 1
+    while not done:
+        epoch += 1
+        stats = train_one_epoch(
+            model, optimizer, schedule, preset, images, targets, cfg=cfg, batch_size=per_worker_batch, epoch=epoch,
+            rank=rank, world_size=world, device=device, class_weight=class_weight,
+        )
+        t0 = time.perf_counter()
+        probs = predict_logits(core, val.pixels, spec, device=device, tta="none")
+        probs_flip = predict_logits(core, val.pixels, spec, device=device, tta="flip")
+        acc = float((probs.argmax(1) == val.labels).mean())
+        acc_flip = float((probs_flip.argmax(1) == val.labels).mean())
+        chosen = acc_flip if cfg.tta == "flip" else acc
+        improved = chosen > best_acc
+        if improved:
+            best_acc, best_epoch = chosen, epoch
+        metrics = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_accuracy": stats.accuracy,
+            "train_images_per_s": stats.images_per_s * world,
+            "epoch_seconds": stats.seconds,
+            "eval_seconds": time.perf_counter() - t0,
+            "public_accuracy": acc,
+            "public_accuracy_flip": acc_flip,
+            "best_public_accuracy": best_acc,
+            "best_epoch": best_epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        history.append(metrics)
+        schedule.step_epoch(chosen)
+        done = epoch + 1 >= cfg.epochs or (cfg.early_stop_patience > 0 and epoch - best_epoch >= cfg.early_stop_patience)
+        if rank == 0:
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {stats.loss:.4f} train_acc {stats.accuracy:.4f} "
+                f"public_acc {acc:.4f} (flip {acc_flip:.4f}) best {best_acc:.4f}@{best_epoch + 1} "
+                f"{stats.images_per_s * world:.0f} img/s {stats.seconds:.0f}s",
+                flush=True,
+            )
+        checkpoint = None
+        with tempfile.TemporaryDirectory(prefix="fer-ckpt-") as tmp:
+            if rank == 0:
+                current = {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}
+                save_checkpoint(Path(tmp) / "model", core, _meta(cfg, current))
+                if improved:
+                    save_checkpoint(best_dir, core, _meta(cfg, {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}))
+                shutil.copytree(best_dir, Path(tmp) / "best")
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
+                     "best_acc": best_acc, "best_epoch": best_epoch},
+                    Path(tmp) / STATE_FILE,
+                )
+                (Path(tmp) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+    if start_epoch > epoch and rank == 0:
+        print(f"nothing to do: the run already finished {start_epoch} epochs")
+    shutil.rmtree(best_dir, ignore_errors=True)
