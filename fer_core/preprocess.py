@@ -93,7 +93,7 @@ def crop_faces(image: np.ndarray, boxes_xywh: np.ndarray, *, margin: float, out_
     return out
 
 
-def _to_channels(crops: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(crops: np.ndarray, channels: int) -> np.ndarray:
     """(N, H, W) or (N, H, W, 3) uint8 -> (N, H, W, channels) uint8."""
     if crops.ndim == 3:
         crops = crops[..., None]
@@ -119,7 +119,7 @@ class EvalPreset:
         crops = np.asarray(crops)
         if crops.dtype != np.uint8:
             raise ValueError(f"expected uint8 crops, got dtype {crops.dtype}")
-        crops = _to_channels(crops, self.spec.channels)
+        crops = to_channels(crops, self.spec.channels)
         size = self.spec.input_size
         if crops.shape[1:3] != (size, size):
             resized = np.empty((len(crops), size, size, crops.shape[-1]), dtype=np.uint8)

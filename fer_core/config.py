@@ -1,0 +1,78 @@
+"""Typed options of the annotation job, validated at construction with messages naming the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+DETECTORS = ("auto", "yunet", "haar")
+DECODERS = ("auto", "decord", "pyav")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class OptionError(ValueError):
+    """An option value is invalid; the message names the command-line flag."""
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """Everything that shapes an annotation run (recorded in the output files' metadata)."""
+
+    fps: float = 5.0
+    """Frames sampled per second of video (0 = every frame)."""
+    detector: str = "auto"
+    """Face detector: auto (YuNet if its model is found, else Haar), yunet or haar."""
+    detector_model: str | None = None
+    """Path of the YuNet ONNX (else FER_YUNET_MODEL, the user cache, or a one-time verified download)."""
+    detect_max_side: int = 640
+    """Frames are downscaled to at most this longest side for detection; boxes map back to full resolution."""
+    min_face_px: int = 20
+    """Faces smaller than this (in original-frame pixels) are ignored."""
+    score_threshold: float = 0.8
+    """Minimum detector score (YuNet)."""
+    decoder: str = "auto"
+    """Video decoder: auto (decord, PyAV where decord can't read a file), decord or pyav."""
+    segment_s: float = 120.0
+    """Videos longer than this are split into segments of this many seconds processed in parallel (0 = never)."""
+    segment_timeout_s: float = 600.0
+    """A segment whose decoding and detection take longer than this is stopped and its video marked failed."""
+    model: str | None = None
+    """Classifier checkpoint folder (default: the model shipped in the package)."""
+    batch_size: int = 256
+    """Face crops per classifier batch."""
+    device: str = "auto"
+    """Where the classifier runs: auto (GPUs when the cluster has them), cpu or gpu."""
+    classifier_actors: int = 0
+    """Classifier actors (0 = one per GPU, or one per 8 CPUs with at least one on CPU-only clusters)."""
+    classifier_cpus: float = 0.5
+    """CPUs reserved by each CPU classifier actor (fractional, so decode tasks keep the cores)."""
+    track_iou: float = 0.3
+    """IoU needed to continue a face track between sampled frames."""
+    track_max_age_s: float = 1.0
+    """A track unmatched for longer than this ends; the face gets a new track id."""
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.fps >= 0, "--fps", "must be >= 0 (0 = every frame)"),
+            (self.detector in DETECTORS, "--detector", f"must be one of {', '.join(DETECTORS)}"),
+            (self.decoder in DECODERS, "--decoder", f"must be one of {', '.join(DECODERS)}"),
+            (self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}"),
+            (self.detect_max_side >= 64, "--detect-max-side", "must be >= 64"),
+            (self.min_face_px >= 1, "--min-face-px", "must be >= 1"),
+            (0 < self.score_threshold < 1, "--score-threshold", "must be in (0, 1)"),
+            (self.segment_s >= 0, "--segment-s", "must be >= 0 (0 = no splitting)"),
+            (self.segment_timeout_s > 0, "--segment-timeout-s", "must be > 0"),
+            (self.batch_size >= 1, "--batch-size", "must be >= 1"),
+            (self.classifier_actors >= 0, "--classifier-actors", "must be >= 0"),
+            (0 < self.classifier_cpus <= 64, "--classifier-cpus", "must be in (0, 64]"),
+            (0 < self.track_iou < 1, "--track-iou", "must be in (0, 1)"),
+            (self.track_max_age_s >= 0, "--track-max-age-s", "must be >= 0"),
+        ]
+        for ok, flag, msg in checks:
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise OptionError(f"{flag} {msg}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,504 @@
+"""Face detection: a column-per-field `Detections` type, YuNet and Haar adapters, model file resolution.
+
+Detectors take an RGB ``uint8`` image of shape ``(H, W, 3)`` (what `fer_core.video` yields), detect on a copy
+whose longest side is at most ``max_side`` (never upscaled), and return boxes in the ORIGINAL image's pixel
+coordinates, clipped to the image, without faces smaller than ``min_face_px`` full-resolution pixels.
+
+Detector objects hold only their configuration; the OpenCV object is built on first use and dropped when
+pickled, so a detector is cheap to create and can be sent to (or created inside) Ray workers. Call
+`limit_threads` once per worker process when many workers share a machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
+YUNET_URL = (
+    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+)
+"""OpenCV Zoo stores the file in Git LFS; ``github.com/.../raw/...`` redirects to the LFS bytes (the
+``raw.githubusercontent.com`` form would serve the LFS pointer, which the checksum rejects)."""
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+YUNET_BYTES = 232589
+YUNET_ENV = "FER_YUNET_MODEL"
+CACHE_ENV = "FER_CACHE_DIR"
+DETECTOR_KINDS: tuple[str, ...] = ("auto", "yunet", "haar")
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+_DOWNLOAD_TIMEOUT_S = 30.0
+_YUNET_ONLY_OPTIONS = frozenset({"score_threshold", "nms_threshold", "top_k"})
+
+
+class DetectorError(Exception):
+    """A face detector cannot be created (missing or wrong model file, unknown kind)."""
+
+
+class ModelDownloadError(DetectorError):
+    """The downloaded model file does not match its expected size or sha256."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Detections
+
+
+def _as_float32(values: Any) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+@dataclass
+class Detections:
+    """Faces found in one image, one array per field, rows aligned.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 boxes ``[x, y, w, h]`` in pixels (top-left corner, width, height).
+        scores: ``(N,)`` float32 detector confidences.
+        landmarks: ``(N, 5, 2)`` float32 ``(x, y)`` points: right eye, left eye, nose tip, right and left mouth
+            corners (YuNet's order, "right" being the subject's right); NaN when the detector gives none.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.boxes = _as_float32(self.boxes)
+        self.scores = _as_float32(self.scores)
+        self.landmarks = _as_float32(self.landmarks)
+        # Detectors return () or None-like empties; give them their proper (0, ...) shapes.
+        if self.boxes.size == 0:
+            self.boxes = self.boxes.reshape(0, 4)
+        if self.landmarks.size == 0:
+            self.landmarks = self.landmarks.reshape(0, 5, 2)
+        count = self.boxes.shape[0] if self.boxes.ndim == 2 else -1
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (N, 4), got {self.boxes.shape}")
+        if self.scores.shape != (count,):
+            raise ValueError(f"scores must have shape ({count},) to match boxes, got {self.scores.shape}")
+        if self.landmarks.shape != (count, 5, 2):
+            raise ValueError(f"landmarks must have shape ({count}, 5, 2) to match boxes, got {self.landmarks.shape}")
+
+    @classmethod
+    def empty(cls) -> Detections:
+        """No faces."""
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+
+    @classmethod
+    def without_landmarks(cls, boxes: np.ndarray, scores: np.ndarray) -> Detections:
+        """Detections from a detector that gives no landmarks (they are set to NaN)."""
+        boxes = _as_float32(boxes).reshape(-1, 4)
+        return cls(boxes, scores, np.full((len(boxes), 5, 2), np.nan, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def __getitem__(self, index: int | slice | np.ndarray | list[int]) -> Detections:
+        """Selects rows by boolean mask, integer array, slice or single integer (kept as one row)."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return Detections(self.boxes[index], self.scores[index], self.landmarks[index])
+
+    def scale(self, factor: float | tuple[float, float]) -> Detections:
+        """Multiplies boxes and landmarks by `factor`, a scalar or ``(fx, fy)``: maps detections on a resized
+        image back to the original (factor = original size / resized size)."""
+        fx, fy = (factor, factor) if np.isscalar(factor) else factor
+        xy = np.array([fx, fy], dtype=np.float32)
+        return Detections(self.boxes * np.tile(xy, 2), self.scores, self.landmarks * xy)
+
+    def clip(self, width: int, height: int) -> Detections:
+        """Clips boxes to an image of the given size (landmarks are left as they are)."""
+        x0 = np.clip(self.boxes[:, 0], 0, width)
+        y0 = np.clip(self.boxes[:, 1], 0, height)
+        x1 = np.clip(self.boxes[:, 0] + self.boxes[:, 2], 0, width)
+        y1 = np.clip(self.boxes[:, 1] + self.boxes[:, 3], 0, height)
+        return Detections(np.stack([x0, y0, x1 - x0, y1 - y0], axis=1), self.scores, self.landmarks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Detectors
+
+
+def limit_threads(count: int = 1) -> None:
+    """Caps OpenCV's worker threads in this process (call once in each Ray worker; many workers on one machine
+    each running OpenCV's own thread pool fight over the cores)."""
+    import cv2
+
+    cv2.setNumThreads(count)
+
+
+def _check_image(image_rgb: np.ndarray) -> np.ndarray:
+    image = np.asarray(image_rgb)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
+    return image
+
+
+class FaceDetector(ABC):
+    """Finds faces in RGB images.
+
+    Attributes:
+        name: Short name of the method, e.g. ``"yunet"``.
+        max_side: Longest side, in pixels, of the downscaled copy the detector runs on.
+        min_face_px: Faces narrower or shorter than this (full-resolution pixels) are dropped.
+    """
+
+    name: str
+
+    def __init__(self, *, max_side: int = 640, min_face_px: float = 20) -> None:
+        if max_side < 32:
+            raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
+        self.max_side = int(max_side)
+        self.min_face_px = float(min_face_px)
+
+    def detect(self, image_rgb: np.ndarray) -> Detections:
+        """Detects faces in an RGB ``uint8`` image of shape ``(H, W, 3)`` (a 2-D grayscale image is accepted).
+
+        Returns:
+            Detections in the image's own pixel coordinates, clipped to it, sorted by decreasing score.
+        """
+        import cv2
+
+        image = _check_image(image_rgb)
+        height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            return Detections.empty()
+        ratio = min(1.0, self.max_side / max(height, width))
+        small_w, small_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        small = image if ratio == 1.0 else cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+        found = self._detect_small(small).scale((width / small_w, height / small_h)).clip(width, height)
+        keep = (found.boxes[:, 2] >= self.min_face_px) & (found.boxes[:, 3] >= self.min_face_px)
+        found = found[keep]
+        return found[np.argsort(-found.scores, kind="stable")]
+
+    @abstractmethod
+    def _detect_small(self, image_rgb: np.ndarray) -> Detections:
+        """Detects faces in an already-downscaled RGB image, in its own coordinates."""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings to record next to the outputs (all values JSON-serializable)."""
+        return {"name": self.name, "max_side": self.max_side, "min_face_px": self.min_face_px}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # OpenCV objects cannot be pickled; they are rebuilt lazily on the other side.
+        return {key: value for key, value in self.__dict__.items() if not key.startswith("_cv")}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self.describe().items() if key != "name")
+        return f"{type(self).__name__}({settings})"
+
+
+class YuNetDetector(FaceDetector):
+    """OpenCV's YuNet CNN (``cv2.FaceDetectorYN``, OpenCV >= 4.8): boxes, 5 landmarks and calibrated scores."""
+
+    name = "yunet"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        score_threshold: float = 0.8,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        max_side: int = 640,
+        min_face_px: float = 20,
+    ) -> None:
+        """Stores the settings; the OpenCV network is built on first use.
+
+        Args:
+            model_path: The ONNX file, e.g. from `resolve_yunet_model`.
+            score_threshold: Faces scoring below this are dropped.
+            nms_threshold: IoU above which overlapping boxes are merged by non-maximum suppression.
+            top_k: Candidates kept before non-maximum suppression.
+            max_side: Longest side of the downscaled copy the network sees.
+            min_face_px: Faces smaller than this in full-resolution pixels are dropped.
+
+        Raises:
+            DetectorError: if `model_path` is not a file.
+        """
+        super().__init__(max_side=max_side, min_face_px=min_face_px)
+        self.model_path = os.fspath(model_path)
+        if not os.path.isfile(self.model_path):
+            raise DetectorError(
+                f"YuNet model file not found: {self.model_path!r}; pass --detector-model with the path to "
+                f"{YUNET_FILENAME} or set {YUNET_ENV}"
+            )
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.top_k = int(top_k)
+        self._cv_net: Any = None
+        self._cv_input_size: tuple[int, int] | None = None
+
+    def _net(self, width: int, height: int) -> Any:
+        import cv2
+
+        if getattr(self, "_cv_net", None) is None:
+            self._cv_net = cv2.FaceDetectorYN.create(
+                self.model_path, "", (width, height), self.score_threshold, self.nms_threshold, self.top_k
+            )
+            self._cv_input_size = (width, height)
+        if self._cv_input_size != (width, height):
+            self._cv_net.setInputSize((width, height))
+            self._cv_input_size = (width, height)
+        return self._cv_net
+
+    def _detect_small(self, image_rgb: np.ndarray) -> Detections:
+        import cv2
+
+        height, width = image_rgb.shape[:2]
+        _, faces = self._net(width, height).detect(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+        if faces is None or len(faces) == 0:
+            return Detections.empty()
+        # Each row: x, y, w, h, 5 landmark (x, y) pairs, score.
+        return Detections(faces[:, :4], faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_file": os.path.basename(self.model_path),
+            "model_sha256": _sha256(self.model_path),
+            "score_threshold": self.score_threshold,
+            "nms_threshold": self.nms_threshold,
+            "top_k": self.top_k,
+            "max_side": self.max_side,
+            "min_face_px": self.min_face_px,
+        }
+
+
+class HaarDetector(FaceDetector):
+    """OpenCV's Viola-Jones frontal-face Haar cascade: a fallback that needs no model download.
+
+    The cascade has no calibrated confidence, so every detection scores 1.0, and it gives no landmarks
+    (NaN). It misses profile and tilted faces and finds more false faces than YuNet.
+    """
+
+    name = "haar"
+
+    def __init__(
+        self,
+        *,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        max_side: int = 640,
+        min_face_px: float = 20,
+    ) -> None:
+        """Stores the settings; the cascade is loaded on first use.
+
+        Args:
+            scale_factor: Step between the image pyramid's scales (``detectMultiScale``'s ``scaleFactor``).
+            min_neighbors: Overlapping raw hits a face needs to be kept (``minNeighbors``); higher is stricter.
+            max_side: Longest side of the downscaled copy the cascade sees.
+            min_face_px: Faces smaller than this in full-resolution pixels are dropped.
+        """
+        super().__init__(max_side=max_side, min_face_px=min_face_px)
+        if scale_factor <= 1.0:
+            raise ValueError(f"scale_factor must be greater than 1, got {scale_factor}")
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self._cv_cascade: Any = None
+
+    def _cascade(self) -> Any:
+        import cv2
+
+        if getattr(self, "_cv_cascade", None) is None:
+            if not hasattr(cv2, "CascadeClassifier"):
+                raise DetectorError("this OpenCV build has no CascadeClassifier; install opencv-python-headless<5")
+            path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
+            cascade = cv2.CascadeClassifier(path)
+            if cascade.empty():
+                raise DetectorError(
+                    f"cannot load the Haar cascade {path!r}; install opencv-python-headless<5, which ships it"
+                )
+            self._cv_cascade = cascade
+        return self._cv_cascade
+
+    def _detect_small(self, image_rgb: np.ndarray) -> Detections:
+        import cv2
+
+        gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+        rects = self._cascade().detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors
+        )
+        if len(rects) == 0:
+            return Detections.empty()
+        rects = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+        return Detections.without_landmarks(rects, np.ones(len(rects), dtype=np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_file": HAAR_CASCADE,
+            "scale_factor": self.scale_factor,
+            "min_neighbors": self.min_neighbors,
+            "max_side": self.max_side,
+            "min_face_px": self.min_face_px,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Model files
+
+
+def _sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded models: ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_core``, else
+    ``~/.cache/fer_core``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fer_core"
+
+
+def _checked_model(path: str, origin: str) -> str:
+    """Returns `path` if it holds the YuNet 2023mar model, else raises DetectorError naming `origin`."""
+    if not os.path.isfile(path):
+        raise DetectorError(
+            f"YuNet model not found at {path!r} ({origin}); pass --detector-model or set {YUNET_ENV} to the "
+            f"path of {YUNET_FILENAME} (download: {YUNET_URL})"
+        )
+    digest = _sha256(path)
+    if digest != YUNET_SHA256:
+        raise DetectorError(
+            f"{path!r} ({origin}) is not {YUNET_FILENAME}: sha256 {digest[:12]}..., expected "
+            f"{YUNET_SHA256[:12]}... (a Git LFS pointer or another version?); download the real file from "
+            f"{YUNET_URL}"
+        )
+    return path
+
+
+def _download(url: str, target: Path) -> None:
+    """Downloads `url` to `target` atomically, checking size and sha256.
+
+    Raises:
+        OSError: if the download fails (urllib.error.URLError is an OSError).
+        ModelDownloadError: if the bytes are not the expected model.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                digest.update(block)
+                size += len(block)
+                file.write(block)
+        if digest.hexdigest() != YUNET_SHA256:
+            raise ModelDownloadError(
+                f"the file downloaded from {url} is not {YUNET_FILENAME} ({size} bytes, sha256 "
+                f"{digest.hexdigest()[:12]}..., expected {YUNET_BYTES} bytes, {YUNET_SHA256[:12]}...); download it "
+                f"yourself and pass --detector-model or set {YUNET_ENV}"
+            )
+        os.replace(temp_name, target)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+
+
+def resolve_yunet_model(
+    path: str | os.PathLike[str] | None = None, *, download: bool = True, url: str = YUNET_URL
+) -> str | None:
+    """Finds the YuNet 2023mar ONNX file, downloading it into the cache once if needed.
+
+    Looks, in order, at `path`, the ``FER_YUNET_MODEL`` environment variable, the cache folder (see
+    `cache_dir`), and finally downloads `url` there (to a temporary file, checked, then renamed into place).
+
+    Args:
+        path: An explicit model file; it must exist and be the expected file.
+        download: Whether a missing model may be downloaded.
+        url: Where to download from.
+
+    Returns:
+        The model's path, or None when it is not found and cannot be downloaded (or `download` is False).
+
+    Raises:
+        DetectorError: if `path` or ``FER_YUNET_MODEL`` names a missing file or one with the wrong sha256.
+        ModelDownloadError: if the downloaded bytes are not the model.
+    """
+    if path is not None:
+        return _checked_model(os.fspath(path), "given explicitly")
+    if os.environ.get(YUNET_ENV):
+        return _checked_model(os.environ[YUNET_ENV], f"from {YUNET_ENV}")
+    cached = cache_dir() / YUNET_FILENAME
+    if cached.is_file():
+        if _sha256(cached) == YUNET_SHA256:
+            return str(cached)
+        logger.warning("ignoring %s: its sha256 is not the expected one; downloading again", cached)
+    if not download:
+        return None
+    try:
+        _download(url, cached)
+    except OSError as exc:
+        logger.warning("could not download the YuNet face detector from %s: %s", url, exc)
+        return None
+    logger.info("downloaded the YuNet face detector to %s", cached)
+    return str(cached)
+
+
+def create_detector(
+    kind: str = "auto",
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    **options: Any,
+) -> FaceDetector:
+    """Creates a face detector.
+
+    Args:
+        kind: ``"yunet"``, ``"haar"``, or ``"auto"``: YuNet when its model resolves (see `resolve_yunet_model`;
+            this may download it), else Haar with a warning.
+        model_path: The YuNet ONNX file; None to resolve it.
+        download: Whether resolving the YuNet model may download it.
+        **options: Keyword arguments of the detector's constructor (`YuNetDetector` or `HaarDetector`). When
+            ``"auto"`` falls back to Haar, YuNet-only options (thresholds, ``top_k``) are dropped.
+
+    Raises:
+        DetectorError: for an unknown `kind`, or ``"yunet"`` (or an explicit `model_path`) without a usable
+            model file.
+    """
+    if kind not in DETECTOR_KINDS:
+        raise DetectorError(f"unknown detector {kind!r}; expected one of {', '.join(DETECTOR_KINDS)}")
+    if kind == "haar":
+        return HaarDetector(**options)
+    try:
+        resolved = resolve_yunet_model(model_path, download=download)
+    except ModelDownloadError as exc:
+        if kind == "yunet":
+            raise
+        resolved = None
+        logger.warning("%s", exc)
+    if resolved is not None:
+        return YuNetDetector(resolved, **options)
+    if kind == "yunet":
+        raise DetectorError(
+            f"the YuNet face detector model is not available (not cached and not downloadable); pass "
+            f"--detector-model with the path to {YUNET_FILENAME} or set {YUNET_ENV} (download: {YUNET_URL})"
+        )
+    warnings.warn(
+        f"YuNet model not available (pass --detector-model or set {YUNET_ENV}); falling back to the Haar "
+        "cascade face detector, which misses more faces",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return HaarDetector(**{key: value for key, value in options.items() if key not in _YUNET_ONLY_OPTIONS})

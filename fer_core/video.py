@@ -1,0 +1,690 @@
+"""Video inputs: listing, probing and streaming decode with container timestamps.
+
+Frames come out as ``uint8`` arrays of shape ``(H, W, 3)`` in **RGB** order (decord's order; OpenCV works in
+BGR, so convert before handing a frame to ``cv2``), C-contiguous, already rotated upright.
+
+Two decoders are supported:
+
+* ``decord`` (the default for ``decoder="auto"``): reads the container's frame index when it opens a file,
+  so a segment starts with one accurate seek. It cannot open truncated MP4s or AV1 streams.
+* ``pyav`` (``av`` on PyPI): the maintained fallback, used by ``"auto"`` whenever decord is missing or cannot
+  open a file. It has no frame index, so a segment that starts at ``start_s > 0`` decodes (without converting)
+  every frame before it to know the frame indices and the sampling state.
+
+Sampling and segments are pure functions of the container timestamps (see `iter_frames`), so segments that
+tile a video yield exactly the frames of the whole video, with either decoder.
+
+Still images (`IMAGE_EXTENSIONS`) count as one-frame videos: a single frame at ``timestamp_s = 0.0``, and a
+`VideoInfo` with ``fps = 0.0`` (a still has no frame rate), ``duration_s = 0.0`` and ``decoder = "image"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
+     ".m2ts", ".ogv"}
+)
+"""File name suffixes (lower case) treated as video containers."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+"""File name suffixes (lower case) treated as one-frame videos."""
+
+DECODERS: tuple[str, ...] = ("auto", "decord", "pyav")
+
+# decord stores timestamps as float32 (about 1e-5 s of error at a few minutes); every decision on a
+# timestamp (segment membership, sampling instant) is taken on t + this tolerance so that decord and PyAV
+# agree on frames that sit exactly on a boundary.
+_TIMESTAMP_TOLERANCE_S = 5e-4
+
+# Containers may declare a frame or two more than they deliver (edit lists); more missing frames than
+# this means the file was cut short.
+_MISSING_FRAMES_SLACK = 2
+
+
+class VideoError(Exception):
+    """A video file cannot be probed or decoded."""
+
+
+class UnreadableVideo(VideoError):
+    """The file cannot be opened as a video (empty, not a container, no video stream, unsupported codec)."""
+
+
+class DecodeError(VideoError):
+    """Decoding failed part-way through a file.
+
+    Attributes:
+        frame_index: Index of the first frame that could not be decoded.
+    """
+
+    def __init__(self, message: str, frame_index: int) -> None:
+        super().__init__(message)
+        self.frame_index = frame_index
+
+
+class TruncatedVideo(DecodeError):
+    """The stream ended before the frame count its container declares (typically a partial download)."""
+
+
+class InputError(ValueError):
+    """A path given as input is missing, empty or not a video."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Facts about one video file, as `probe` found them.
+
+    Attributes:
+        path: The path as given to `probe`.
+        width: Width in pixels of the frames `iter_frames` yields (after rotation).
+        height: Height in pixels of the frames `iter_frames` yields (after rotation).
+        fps: Average frame rate (frames per second) as the container states it, e.g. 29.97; 0.0 for images.
+        duration_s: Duration of the video stream in seconds (0.0 for images).
+        frame_count: Frames in the stream as the container declares them; None when it does not say
+            (e.g. Matroska). A damaged file may decode fewer.
+        rotation: Clockwise rotation in degrees (0, 90, 180 or 270) applied to the coded frames to show them
+            upright, from the stream's display matrix.
+        decoder: ``"decord"``, ``"pyav"`` or ``"image"``: what `iter_frames(decoder="auto")` uses.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    frame_count: int | None
+    rotation: int
+    decoder: str
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        frame_index: Position of the frame in the stream, counting every decoded frame from 0.
+        timestamp_s: Presentation time in seconds since the first frame of the stream, from the container.
+        image: ``uint8`` array of shape ``(H, W, 3)`` in RGB order, C-contiguous, upright.
+    """
+
+    frame_index: int
+    timestamp_s: float
+    image: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _suffix(path: str) -> str:
+    return PurePosixPath(path).suffix.lower()
+
+
+def _is_supported(path: str) -> bool:
+    return _suffix(path) in VIDEO_EXTENSIONS or _suffix(path) in IMAGE_EXTENSIONS
+
+
+def _not_a_video(path: str) -> InputError:
+    return InputError(
+        f"expected a video file or a folder, got {path!r} (not a video container; supported: "
+        f"{', '.join(sorted(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS))})"
+    )
+
+
+def _no_videos(folder: str) -> InputError:
+    return InputError(
+        f"no video or image files in folder {folder!r} (looked for "
+        f"{', '.join(sorted(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS))}, hidden files skipped)"
+    )
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """Returns the pyarrow filesystem behind `uri` and the path inside it."""
+    from pyarrow import fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot open {uri!r}: {exc}") from exc
+
+
+def _list_local(path: str) -> list[str]:
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"input path does not exist: {path!r}")
+    if root.is_file():
+        if not _is_supported(path):
+            raise _not_a_video(path)
+        return [path]
+    found = [
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file()
+        and _is_supported(p.name)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    if not found:
+        raise _no_videos(path)
+    return sorted(found)
+
+
+def _list_remote(uri: str) -> list[str]:
+    from pyarrow import fs as pafs
+
+    filesystem, root = _filesystem(uri)
+    scheme = uri.split("://", 1)[0]
+    try:
+        info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise InputError(f"input path does not exist: {uri!r}")
+        if info.type == pafs.FileType.File:
+            if not _is_supported(root):
+                raise _not_a_video(uri)
+            return [uri]
+        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except OSError as exc:
+        raise InputError(f"cannot list {uri!r}: {exc}") from exc
+    prefix = root.rstrip("/")
+    found = []
+    for entry in entries:
+        relative = entry.path[len(prefix):].lstrip("/")
+        if (
+            entry.type == pafs.FileType.File
+            and _is_supported(entry.path)
+            and not any(part.startswith(".") for part in relative.split("/"))
+        ):
+            found.append(f"{scheme}://{entry.path}")
+    if not found:
+        raise _no_videos(uri)
+    return sorted(found)
+
+
+def list_inputs(paths: Sequence[str]) -> list[str]:
+    """Expands files and folders into the list of video and image files to process.
+
+    Folders are searched recursively; their files come out sorted, and hidden files and folders (names starting
+    with ``.``) are skipped. Local paths are returned as given (joined with the folder they were found in);
+    ``s3://``, ``gs://`` and other URIs that ``pyarrow.fs.FileSystem.from_uri`` understands are listed through
+    pyarrow and returned as URIs. Decoding needs a local file: see `localize`. A file listed twice is kept once.
+
+    Args:
+        paths: Files, folders or URIs, in the order they should be processed.
+
+    Returns:
+        The files, in input order, each folder's files sorted.
+
+    Raises:
+        InputError: if a path does not exist, a folder holds no video or image file, or a file given explicitly
+            has an extension that is not a video or image container.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    files: list[str] = []
+    for path in paths:
+        path = os.fspath(path)
+        files.extend(_list_remote(path) if _is_uri(path) else _list_local(path))
+    return list(dict.fromkeys(files))
+
+
+@contextlib.contextmanager
+def localize(path: str) -> Iterator[str]:
+    """Yields a local path for `path`, copying a remote object to a temporary file for the duration.
+
+    Local paths (and ``file://`` URIs) are yielded as they are. Other URIs are copied through
+    ``pyarrow.fs`` to a temporary file with the same extension, deleted when the context exits.
+
+    Args:
+        path: A local path or a URI from `list_inputs`.
+
+    Raises:
+        InputError: if the remote object cannot be read.
+    """
+    path = os.fspath(path)
+    if not _is_uri(path):
+        yield path
+        return
+    from pyarrow import fs as pafs
+
+    filesystem, remote_path = _filesystem(path)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        yield remote_path
+        return
+    handle, local_path = tempfile.mkstemp(prefix="fer_video_", suffix=_suffix(remote_path))
+    try:
+        with os.fdopen(handle, "wb") as local, filesystem.open_input_stream(remote_path) as remote:
+            shutil.copyfileobj(remote, local, length=8 * 1024 * 1024)
+    except OSError as exc:
+        os.unlink(local_path)
+        raise InputError(f"cannot copy {path!r} to a local file: {exc}") from exc
+    try:
+        yield local_path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path)
+
+
+def video_id(path: str) -> str:
+    """A stable 16-hex-digit id for a video: a sha1 of its normalized path or URI.
+
+    Local paths are made absolute and normalized (``file://`` URIs count as local paths), so ``./a.mp4`` and
+    ``/data/a.mp4`` seen from ``/data`` share an id. Other URIs are used as written, minus trailing slashes.
+    """
+    path = os.fspath(path).strip()
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    key = path.rstrip("/") if _is_uri(path) else os.path.abspath(os.path.normpath(path))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Probing
+
+
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+
+
+def _check_local_file(path: str) -> None:
+    if _is_uri(path):
+        raise UnreadableVideo(f"{path!r} is a remote URI; decoding needs a local copy (use video.localize)")
+    if not os.path.exists(path):
+        raise UnreadableVideo(f"{path!r} does not exist")
+    if os.path.isdir(path):
+        raise UnreadableVideo(f"{path!r} is a folder, not a video file")
+    if os.path.getsize(path) == 0:
+        raise UnreadableVideo(f"{path!r} is not a readable video: zero-byte file")
+
+
+def _is_image(path: str) -> bool:
+    return _suffix(path) in IMAGE_EXTENSIONS
+
+
+def _read_image(path: str) -> np.ndarray:
+    import cv2
+
+    # IMREAD_COLOR applies the EXIF orientation and expands grayscale / drops alpha, giving 3 channels.
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UnreadableVideo(f"{path!r} is not a readable image (OpenCV could not decode it)")
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def _open_decord(path: str) -> Any:
+    """Opens a decord reader (single-threaded), or raises UnreadableVideo."""
+    try:
+        import decord
+    except ImportError as exc:
+        raise UnreadableVideo(f"cannot read {path!r} with decord: decord is not installed") from exc
+    try:
+        # More than one or two threads deadlock decord; parallelism comes from running many readers.
+        return decord.VideoReader(path, num_threads=1)
+    except (RuntimeError, AssertionError, decord.DECORDError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UnreadableVideo(f"{path!r} cannot be opened by decord: {reason}") from exc
+
+
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions decord raises on bad input: its own DECORDError (not a RuntimeError) and RuntimeError."""
+    import decord
+
+    return (decord.DECORDError, RuntimeError)
+
+
+def _open_pyav(path: str) -> tuple[Any, Any]:
+    """Opens a PyAV container and returns ``(container, video_stream)``, or raises UnreadableVideo."""
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="replace")
+    except av.FFmpegError as exc:
+        raise UnreadableVideo(
+            f"{path!r} is not a readable video: not a video container ({exc.strerror or exc})"
+        ) from exc
+    if not container.streams.video:
+        kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+        container.close()
+        raise UnreadableVideo(f"{path!r} has no video stream (streams found: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    # Parallelism comes from processing many videos at once, not from codec threads.
+    stream.codec_context.thread_count = 1
+    return container, stream
+
+
+def _clockwise_rotation(frame: Any) -> int:
+    """Clockwise degrees (0/90/180/270) that make a PyAV frame upright.
+
+    ``frame.rotation`` is the display matrix angle, counter-clockwise (FFmpeg's convention).
+    """
+    return int(round(-float(frame.rotation) / 90.0)) % 4 * 90
+
+
+def _upright(image: np.ndarray, rotation_cw: int) -> np.ndarray:
+    if rotation_cw:
+        image = np.rot90(image, k=-rotation_cw // 90)
+    return np.ascontiguousarray(image)
+
+
+def _probe_image(path: str) -> VideoInfo:
+    image = _read_image(path)
+    return VideoInfo(
+        path=path, width=image.shape[1], height=image.shape[0], fps=0.0, duration_s=0.0, frame_count=1,
+        rotation=0, decoder="image",
+    )
+
+
+def _pyav_rotation(path: str) -> int:
+    """Rotation of the first frame as PyAV decodes it; 0 when PyAV cannot tell."""
+    import av
+
+    try:
+        container, stream = _open_pyav(path)
+    except VideoError:
+        return 0
+    with container:
+        try:
+            for frame in container.decode(stream):
+                return _clockwise_rotation(frame)
+        except av.FFmpegError:
+            return 0
+    return 0
+
+
+def _probe_decord(path: str) -> VideoInfo:
+    reader = _open_decord(path)
+    frame_count = len(reader)
+    timestamps = reader.get_frame_timestamp([frame_count - 1])
+    try:
+        # decord applies the display matrix itself, so its frame shape is already upright.
+        height, width = reader.next().shape[:2]
+    except (StopIteration, *_decord_errors()) as exc:
+        raise UnreadableVideo(f"{path!r} cannot be decoded by decord: {exc}") from exc
+    return VideoInfo(
+        path=path, width=int(width), height=int(height), fps=float(reader.get_avg_fps()),
+        duration_s=round(float(timestamps[0, 1]), 6), frame_count=frame_count, rotation=_pyav_rotation(path),
+        decoder="decord",
+    )
+
+
+def _probe_pyav(path: str) -> VideoInfo:
+    import av
+
+    container, stream = _open_pyav(path)
+    with container:
+        try:
+            frame = next(iter(container.decode(stream)), None)
+        except av.FFmpegError as exc:
+            raise UnreadableVideo(f"{path!r} cannot be decoded: decoder error at frame 0 ({exc})") from exc
+        if frame is None:
+            raise UnreadableVideo(f"{path!r} has a video stream without any decodable frame")
+        rotation = _clockwise_rotation(frame)
+        width, height = frame.width, frame.height
+        if rotation in (90, 270):
+            width, height = height, width
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if stream.duration is not None and stream.time_base is not None:
+            duration_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_s = container.duration / av.time_base
+        else:
+            duration_s = 0.0
+        return VideoInfo(
+            path=path, width=int(width), height=int(height), fps=float(rate) if rate else 0.0,
+            duration_s=round(duration_s, 6), frame_count=stream.frames or None, rotation=rotation,
+            decoder="pyav",
+        )
+
+
+def probe(path: str, decoder: str = "auto") -> VideoInfo:
+    """Reads a video's metadata cheaply (and decodes its first frame to check it is readable).
+
+    decord reads the whole container index when it opens a file; ``decoder="pyav"`` reads only the header
+    and is cheaper for long files. Images are read with OpenCV whatever `decoder` says.
+
+    Args:
+        path: Local video or image file.
+        decoder: ``"auto"`` (decord, falling back to PyAV when decord is missing or cannot open the file),
+            ``"decord"`` or ``"pyav"``.
+
+    Raises:
+        UnreadableVideo: if the file is empty, not a video container, has no video stream or cannot be decoded.
+        ValueError: if `decoder` is not one of `DECODERS`.
+    """
+    path = os.fspath(path)
+    _check_decoder(decoder)
+    _check_local_file(path)
+    if _is_image(path):
+        return _probe_image(path)
+    if decoder == "pyav":
+        return _probe_pyav(path)
+    if decoder == "decord":
+        return _probe_decord(path)
+    try:
+        return _probe_decord(path)
+    except UnreadableVideo:
+        return _probe_pyav(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _segment_bounds(start_s: float, end_s: float | None) -> tuple[float, float]:
+    """Segment bounds as used on tolerance-shifted timestamps; a segment starting at 0 is open below."""
+    if end_s is not None and end_s <= start_s:
+        raise ValueError(f"end_s ({end_s}) must be greater than start_s ({start_s})")
+    lower = -math.inf if start_s <= 0 else start_s
+    upper = math.inf if end_s is None else end_s
+    return lower, upper
+
+
+class _Sampler:
+    """Keeps the first frame at or after each sampling instant k / sample_fps (k = 0, 1, ...).
+
+    A frame is kept when it falls in a later sampling interval than every frame before it. The decision
+    depends only on the timestamps, so it is the same whether the video is read whole or in segments.
+    """
+
+    def __init__(self, sample_fps: float) -> None:
+        if not sample_fps >= 0 or math.isinf(sample_fps):
+            raise ValueError(f"sample_fps must be a finite number >= 0 (0 = every frame), got {sample_fps}")
+        self._sample_fps = sample_fps
+        self._last_interval = -math.inf
+
+    def keep(self, timestamp_s: float) -> bool:
+        if self._sample_fps == 0:
+            return True
+        interval = math.floor((timestamp_s + _TIMESTAMP_TOLERANCE_S) * self._sample_fps)
+        if interval > self._last_interval:
+            self._last_interval = interval
+            return True
+        return False
+
+
+def _select_indices(timestamps: np.ndarray, sample_fps: float, lower: float, upper: float) -> np.ndarray:
+    """Indices `_Sampler` keeps among `timestamps` that fall in [lower, upper) (vectorized)."""
+    shifted = timestamps + _TIMESTAMP_TOLERANCE_S
+    in_segment = (shifted >= lower) & (shifted < upper)
+    if sample_fps == 0:
+        keep = np.ones(len(timestamps), dtype=bool)
+    else:
+        intervals = np.floor(shifted * sample_fps)
+        running_max = np.maximum.accumulate(intervals)
+        keep = np.empty(len(timestamps), dtype=bool)
+        keep[:1] = True
+        keep[1:] = intervals[1:] > running_max[:-1]
+    return np.flatnonzero(keep & in_segment)
+
+
+def _iter_decord(path: str, sample_fps: float, lower: float, upper: float, reader: Any) -> Iterator[Frame]:
+    frame_count = len(reader)
+    timestamps = reader.get_frame_timestamp(range(frame_count))[:, 0].astype(np.float64)
+    selected = _select_indices(timestamps, sample_fps, lower, upper)
+    position = 0  # index of the frame reader.next() returns
+    for index in selected.tolist():
+        try:
+            if position == 0 and index > 0:
+                reader.seek_accurate(index)
+            elif index > position:
+                # skip_frames decodes without converting to RGB: cheaper than reading and discarding.
+                reader.skip_frames(index - position)
+            image = reader.next().asnumpy()
+        except StopIteration as exc:
+            raise TruncatedVideo(
+                f"{path!r} ended at or before frame {index} of the {frame_count} its index declares "
+                "(truncated file?)",
+                frame_index=index,
+            ) from exc
+        except _decord_errors() as exc:
+            raise DecodeError(f"{path!r}: decoder error at frame {index}: {exc}", frame_index=index) from exc
+        position = index + 1
+        yield Frame(index, round(float(timestamps[index]), 6), np.ascontiguousarray(image))
+
+
+def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float) -> Iterator[Frame]:
+    import av
+
+    container, stream = _open_pyav(path)
+    sampler = _Sampler(sample_fps)
+    time_base = stream.time_base
+    start_pts = stream.start_time or 0
+    fallback_step_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+    index = 0
+    timestamp_s = -fallback_step_s
+    with container:
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except av.FFmpegError as exc:
+                raise DecodeError(f"{path!r}: decoder error at frame {index}: {exc}", frame_index=index) from exc
+            if frame is None:
+                break
+            pts = frame.pts if frame.pts is not None else frame.dts
+            timestamp_s = float((pts - start_pts) * time_base) if pts is not None else timestamp_s + fallback_step_s
+            shifted = timestamp_s + _TIMESTAMP_TOLERANCE_S
+            if shifted >= upper:
+                return
+            if sampler.keep(timestamp_s) and shifted >= lower:
+                image = frame.to_ndarray(format="rgb24")
+                yield Frame(index, timestamp_s, _upright(image, _clockwise_rotation(frame)))
+            index += 1
+        declared = stream.frames
+        if declared and index < declared - _MISSING_FRAMES_SLACK:
+            raise TruncatedVideo(
+                f"{path!r} ended after {index} of the {declared} frames its container declares, at "
+                f"{timestamp_s:.2f} s (truncated file?)",
+                frame_index=index,
+            )
+
+
+def _iter_image(path: str, lower: float, upper: float) -> Iterator[Frame]:
+    if lower <= _TIMESTAMP_TOLERANCE_S < upper:
+        yield Frame(0, 0.0, _read_image(path))
+
+
+def iter_frames(
+    path: str,
+    *,
+    sample_fps: float = 5.0,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    decoder: str = "auto",
+) -> Iterator[Frame]:
+    """Streams sampled frames of a video, one at a time, in order.
+
+    Frames are read sequentially and never held together. Each `Frame` carries its index in the stream, its
+    container timestamp (seconds since the first frame; decord's ``get_frame_timestamp`` or PyAV's
+    ``pts * time_base``) and an upright RGB ``uint8`` image of shape ``(H, W, 3)``.
+
+    Sampling is anchored at t = 0: a frame is kept when it is the first one at or after a sampling instant
+    ``k / sample_fps``. This works for variable frame rates and never rounds 29.97 fps down to 29. A segment
+    ``[start_s, end_s)`` yields exactly the frames of the whole video whose timestamps fall in it, so segments
+    that tile a video together yield the whole video's frames. A segment starting at 0 also takes frames with
+    (rare) negative timestamps.
+
+    Args:
+        path: Local video or image file (an image yields one frame at 0.0 s, in the segment that contains 0).
+        sample_fps: Frames per second to keep; 0 keeps every frame.
+        start_s: Start of the segment, inclusive, in seconds.
+        end_s: End of the segment, exclusive, in seconds; None reads to the end.
+        decoder: ``"auto"`` (decord, falling back to PyAV when decord is missing or cannot open the file),
+            ``"decord"`` or ``"pyav"``.
+
+    Yields:
+        The sampled frames, in timestamp order.
+
+    Raises:
+        UnreadableVideo: if the file cannot be opened (raised at the first ``next()``).
+        DecodeError: if decoding fails part-way; ``frame_index`` names the frame reached. Frames before it
+            have been yielded already.
+        TruncatedVideo: if the stream ends well before the frame count its container declares (a partial
+            file: decord refuses to open these, PyAV decodes up to the cut, yields those frames, then raises).
+        ValueError: for a bad `sample_fps`, `decoder` or segment.
+    """
+    path = os.fspath(path)
+    _check_decoder(decoder)
+    _Sampler(sample_fps)  # validates sample_fps before any I/O
+    lower, upper = _segment_bounds(start_s, end_s)
+    _check_local_file(path)
+    if _is_image(path):
+        yield from _iter_image(path, lower, upper)
+        return
+    if decoder == "pyav":
+        yield from _iter_pyav(path, sample_fps, lower, upper)
+        return
+    try:
+        reader = _open_decord(path)
+    except UnreadableVideo:
+        if decoder == "decord":
+            raise
+        reader = None
+    if reader is None:
+        yield from _iter_pyav(path, sample_fps, lower, upper)
+        return
+    frames = _iter_decord(path, sample_fps, lower, upper, reader)
+    try:
+        first = next(frames, None)
+    except DecodeError:
+        if decoder == "decord":
+            raise
+        # decord opened the file but cannot decode it at all: PyAV may still decode it.
+        yield from _iter_pyav(path, sample_fps, lower, upper)
+        return
+    if first is not None:
+        yield first
+        yield from frames
+
+
+def plan_segments(info: VideoInfo, segment_s: float) -> list[tuple[float, float | None]]:
+    """Splits a video into time segments ``[start_s, end_s)`` to decode in parallel.
+
+    Boundaries fall on multiples of `segment_s`; a remainder shorter than half a segment joins the last one,
+    and the last segment is open-ended (``end_s = None``) so that no frame is lost if the stated duration is
+    short. Pass each pair to `iter_frames` as ``start_s, end_s``.
+
+    Args:
+        info: The video, from `probe`.
+        segment_s: Target segment length in seconds; 0 or less gives one segment.
+    """
+    if segment_s <= 0 or not math.isfinite(segment_s) or info.duration_s <= 0:
+        return [(0.0, None)]
+    count = max(1, math.floor(info.duration_s / segment_s + 0.5))
+    boundaries = [k * segment_s for k in range(count)]
+    return [(start, end) for start, end in zip(boundaries, [*boundaries[1:], None])]
