@@ -242,7 +242,6 @@ def annotate(
         batch_size=1,
         num_cpus=resources["decode_cpus"],
         fn_kwargs={"opts": opts, "detector": detector, "model_bytes": model_bytes, "spec": meta.preprocessing},
-        max_retries=1,
     )
     gpu = resources["device"] == "gpu"
     ds = ds.map_batches(

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -66,7 +67,8 @@ class DecodeError(VideoError):
     """Decoding failed part-way through a file.
 
     Attributes:
-        frame_index: Index of the first frame that could not be decoded.
+        frame_index: Index of the frame being read when decoding failed. decord decodes the frames it skips
+            between samples without returning them, so the fault may lie in one of those.
     """
 
     def __init__(self, message: str, frame_index: int) -> None:
@@ -326,6 +328,19 @@ def _read_image(path: str) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions decord raises on bad input: its own DECORDError (not a RuntimeError) and RuntimeError."""
+    import decord
+
+    return (decord.DECORDError, RuntimeError)
+
+
+def _decord_reason(exc: BaseException) -> str:
+    """decord's C++ message without its ``[hh:mm:ss] /src/file.cc:123:`` prefixes."""
+    text = " ".join(str(exc).split())
+    return re.sub(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ", "", text) or type(exc).__name__
+
+
 def _open_decord(path: str) -> Any:
     """Opens a decord reader (single-threaded), or raises UnreadableVideo."""
     try:
@@ -335,16 +350,8 @@ def _open_decord(path: str) -> Any:
     try:
         # More than one or two threads deadlock decord; parallelism comes from running many readers.
         return decord.VideoReader(path, num_threads=1)
-    except (RuntimeError, AssertionError, decord.DECORDError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise UnreadableVideo(f"{path!r} cannot be opened by decord: {reason}") from exc
-
-
-def _decord_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions decord raises on bad input: its own DECORDError (not a RuntimeError) and RuntimeError."""
-    import decord
-
-    return (decord.DECORDError, RuntimeError)
+    except (AssertionError, *_decord_errors()) as exc:  # decord asserts that the frame count is positive
+        raise UnreadableVideo(f"{path!r} cannot be opened by decord: {_decord_reason(exc)}") from exc
 
 
 def _open_pyav(path: str) -> tuple[Any, Any]:
@@ -353,6 +360,8 @@ def _open_pyav(path: str) -> tuple[Any, Any]:
 
     try:
         container = av.open(path, metadata_errors="replace")
+    except PermissionError as exc:
+        raise UnreadableVideo(f"{path!r} is not readable: permission denied") from exc
     except av.FFmpegError as exc:
         raise UnreadableVideo(
             f"{path!r} is not a readable video: not a video container ({exc.strerror or exc})"
@@ -414,7 +423,7 @@ def _probe_decord(path: str) -> VideoInfo:
         # decord applies the display matrix itself, so its frame shape is already upright.
         height, width = reader.next().shape[:2]
     except (StopIteration, *_decord_errors()) as exc:
-        raise UnreadableVideo(f"{path!r} cannot be decoded by decord: {exc}") from exc
+        raise UnreadableVideo(f"{path!r} cannot be decoded by decord: {_decord_reason(exc)}") from exc
     return VideoInfo(
         path=path, width=int(width), height=int(height), fps=float(reader.get_avg_fps()),
         duration_s=round(float(timestamps[0, 1]), 6), frame_count=frame_count, rotation=_pyav_rotation(path),
@@ -552,7 +561,10 @@ def _iter_decord(path: str, sample_fps: float, lower: float, upper: float, reade
                 frame_index=index,
             ) from exc
         except _decord_errors() as exc:
-            raise DecodeError(f"{path!r}: decoder error at frame {index}: {exc}", frame_index=index) from exc
+            skipped = f" (or a skipped frame from {position})" if index > position else ""
+            raise DecodeError(
+                f"{path!r}: decoder error at frame {index}{skipped}: {_decord_reason(exc)}", frame_index=index
+            ) from exc
         position = index + 1
         yield Frame(index, round(float(timestamps[index]), 6), np.ascontiguousarray(image))
 

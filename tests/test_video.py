@@ -16,6 +16,7 @@ from pyarrow import fs as pafs
 
 from fer_core import video
 from fer_core.video import (
+    DecodeError,
     InputError,
     TruncatedVideo,
     UnreadableVideo,
@@ -330,6 +331,23 @@ def test_truncated_mp4_yields_decodable_frames_then_raises(truncated_clip: Path)
     assert len(frames) == 16 and frames[-1].timestamp_s < 7.6
     # A segment that ends before the cut reads fine.
     assert len(list(iter_frames(str(truncated_clip), sample_fps=2, end_s=5.0))) == 10
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_corrupt_data_mid_stream_names_the_frame(videos_dir: Path, tmp_path: Path, decoder: str) -> None:
+    data = bytearray((videos_dir / CLIP_2997).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 100_000] = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(data)
+    frames: list[video.Frame] = []
+    with pytest.raises(DecodeError, match=r"corrupt.mp4': decoder error at frame \d+") as caught:
+        for frame in iter_frames(str(path), sample_fps=0, decoder=decoder):
+            frames.append(frame)
+    # The damage starts near frame 136. decord decodes in a worker thread, so it reports the error a frame
+    # or so early or late from run to run; PyAV stops at 136. Every frame before the error was yielded.
+    assert caught.value.frame_index == len(frames)
+    assert 125 <= len(frames) <= 140
 
 
 def test_invalid_arguments(videos_dir: Path) -> None:

@@ -1,0 +1,91 @@
+"""Tests for fer_core.track: IoU matrix, the greedy IoU tracker and per-video track assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fer_core.track import IoUTracker, assign_tracks, iou_matrix
+
+
+def _box(x: float, y: float, size: float = 100.0) -> list[float]:
+    return [x, y, size, size]
+
+
+def test_iou_matrix_values() -> None:
+    a = np.array([_box(0, 0), _box(50, 0)])
+    b = np.array([_box(0, 0), _box(200, 200), [10, 10, 0, 0]])
+    ious = iou_matrix(a, b)
+    assert ious.shape == (2, 3)
+    np.testing.assert_allclose(ious[:, 0], [1.0, 50 * 100 / (2 * 100 * 100 - 50 * 100)])
+    np.testing.assert_array_equal(ious[:, 1:], 0.0)  # disjoint, and a zero-area box
+    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 3)
+    assert iou_matrix(a, np.zeros((0, 4))).shape == (2, 0)
+
+
+def test_slowly_moving_face_keeps_its_id() -> None:
+    tracker = IoUTracker()
+    ids = [tracker.update(np.array([_box(10 * i, 5 * i)]), i * 0.2)[0] for i in range(30)]
+    assert ids == [0] * 30
+
+
+def test_two_faces_keep_distinct_ids_whatever_their_order() -> None:
+    tracker = IoUTracker()
+    left, right = _box(0, 0), _box(300, 0)
+    first = tracker.update(np.array([left, right]), 0.0)
+    assert first.tolist() == [0, 1] and first.dtype == np.int32
+    for step in range(1, 10):
+        moved_left, moved_right = _box(5 * step, 0), _box(300 - 5 * step, 0)
+        boxes = [moved_right, moved_left] if step % 2 else [moved_left, moved_right]
+        expected = [1, 0] if step % 2 else [0, 1]
+        assert tracker.update(np.array(boxes), step * 0.2).tolist() == expected
+
+
+def test_face_gone_longer_than_max_age_gets_a_new_id() -> None:
+    tracker = IoUTracker(max_age_s=1.0)
+    face = np.array([_box(0, 0)])
+    assert tracker.update(face, 0.0).tolist() == [0]
+    assert tracker.update(np.zeros((0, 4)), 0.5).tolist() == []
+    assert tracker.update(face, 1.0).tolist() == [0]  # gone for exactly max_age_s: same track
+    assert tracker.update(face, 2.5).tolist() == [1]  # gone for 1.5 s: a new track
+
+
+def test_greedy_matching_prefers_the_highest_iou() -> None:
+    tracker = IoUTracker(iou_threshold=0.1)
+    tracker.update(np.array([_box(0, 0), _box(60, 0)]), 0.0)
+    # The new box overlaps track 1 more than track 0; the second box then takes track 0.
+    ids = tracker.update(np.array([_box(55, 0), _box(5, 0)]), 0.2)
+    assert ids.tolist() == [1, 0]
+    assert tracker.update(np.array([_box(1000, 1000)]), 0.4).tolist() == [2]
+
+
+def test_time_must_not_go_backwards() -> None:
+    tracker = IoUTracker()
+    tracker.update(np.array([_box(0, 0)]), 1.0)
+    with pytest.raises(ValueError, match="time order"):
+        tracker.update(np.array([_box(0, 0)]), 0.5)
+    tracker.reset()
+    assert tracker.update(np.array([_box(500, 500)]), 0.0).tolist() == [0]
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="iou_threshold"):
+        IoUTracker(iou_threshold=0.0)
+    with pytest.raises(ValueError, match="max_age_s"):
+        IoUTracker(max_age_s=-1.0)
+
+
+def test_assign_tracks_orders_by_time_and_is_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(20):
+        boxes = np.array([_box(3 * i, 0), _box(400 - 3 * i, 200)]) + rng.normal(0, 1, (2, 4))
+        frames.append((i * 0.2, boxes))
+    in_order = assign_tracks(frames)
+    assert [ids.tolist() for ids in in_order] == [[0, 1]] * 20
+    shuffled_order = rng.permutation(len(frames))
+    shuffled = assign_tracks([frames[i] for i in shuffled_order])
+    for position, i in enumerate(shuffled_order):
+        np.testing.assert_array_equal(shuffled[position], in_order[i])
+    assert [ids.tolist() for ids in assign_tracks(frames)] == [ids.tolist() for ids in in_order]
+    assert assign_tracks([]) == []
