@@ -59,7 +59,7 @@ def _as_float32(values: Any) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-@dataclass
+@dataclass(eq=False)
 class Detections:
     """Faces found in one image, one array per field, rows aligned.
 
@@ -78,7 +78,7 @@ class Detections:
         self.boxes = _as_float32(self.boxes)
         self.scores = _as_float32(self.scores)
         self.landmarks = _as_float32(self.landmarks)
-        # Detectors return () or None-like empties; give them their proper (0, ...) shapes.
+        # Empty arrays arrive in any shape (np.zeros(0), cv2's empty tuples); give them (0, ...) shapes.
         if self.boxes.size == 0:
             self.boxes = self.boxes.reshape(0, 4)
         if self.landmarks.size == 0:

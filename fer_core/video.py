@@ -5,11 +5,13 @@ BGR, so convert before handing a frame to ``cv2``), C-contiguous, already rotate
 
 Two decoders are supported:
 
-* ``decord`` (the default for ``decoder="auto"``): reads the container's frame index when it opens a file,
-  so a segment starts with one accurate seek. It cannot open truncated MP4s or AV1 streams.
+* ``decord`` (the default for ``decoder="auto"``): builds a frame index when it opens a file (reading
+  every packet), so a segment starts with one accurate seek. It cannot open truncated MP4s or AV1 streams.
+  Readers are single-threaded, opened inside the call and read strictly forward (never ``get_batch``).
 * ``pyav`` (``av`` on PyPI): the maintained fallback, used by ``"auto"`` whenever decord is missing or cannot
-  open a file. It has no frame index, so a segment that starts at ``start_s > 0`` decodes (without converting)
-  every frame before it to know the frame indices and the sampling state.
+  open (or cannot decode the first frame of) a file. It has no frame index: a segment starting after
+  3 s counts the frames before it by demuxing packets without decoding them, then seeks to a keyframe; when
+  that cannot be trusted (packets without timestamps, a seek that lands late) it decodes from the start.
 
 Sampling and segments are pure functions of the container timestamps (see `iter_frames`), so segments that
 tile a video yield exactly the frames of the whole video, with either decoder.
@@ -49,6 +51,11 @@ DECODERS: tuple[str, ...] = ("auto", "decord", "pyav")
 # timestamp (segment membership, sampling instant) is taken on t + this tolerance so that decord and PyAV
 # agree on frames that sit exactly on a boundary.
 _TIMESTAMP_TOLERANCE_S = 5e-4
+
+# PyAV has no frame index: a segment starting later than this counts the frames before it by demuxing
+# (cheap) and seeks to a keyframe at least _PYAV_SEEK_MARGIN_S before it, instead of decoding from 0.
+_PYAV_SEEK_MIN_S = 3.0
+_PYAV_SEEK_MARGIN_S = 1.0
 
 # Containers may declare a frame or two more than they deliver (edit lists); more missing frames than
 # this means the file was cut short.
@@ -569,28 +576,84 @@ def _iter_decord(path: str, sample_fps: float, lower: float, upper: float, reade
         yield Frame(index, round(float(timestamps[index]), 6), np.ascontiguousarray(image))
 
 
-def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float) -> Iterator[Frame]:
+class _SeekMissed(Exception):
+    """A PyAV seek cannot be trusted to give exact frame indices; decode from the start instead."""
+
+
+def _pyav_frames_before(container: Any, stream: Any, lower: float) -> tuple[int, float | None] | None:
+    """Counts the frames before `lower` by demuxing packets, without decoding them.
+
+    Returns:
+        The number of frames that come before `lower` and the timestamp of the last of them (None if there is
+        none), or None when packets lack timestamps and the count cannot be trusted.
+    """
+    start_pts = stream.start_time or 0
+    count = 0
+    previous: float | None = None
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue  # the demuxer's final flush packet
+        if packet.pts is None:
+            return None
+        if packet.is_discard:
+            continue  # cut by an edit list: the decoder drops its frame
+        timestamp_s = float((packet.pts - start_pts) * stream.time_base)
+        if timestamp_s + _TIMESTAMP_TOLERANCE_S < lower:
+            count += 1
+            previous = timestamp_s if previous is None else max(previous, timestamp_s)
+        elif (
+            packet.dts is not None  # Matroska leaves the first dts unset
+            and float((packet.dts - start_pts) * stream.time_base) + _TIMESTAMP_TOLERANCE_S >= lower
+        ):
+            # Packets come in decode order and pts >= dts: no later packet is shown before `lower`.
+            break
+    return count, previous
+
+
+def _decode_pyav(path: str, sample_fps: float, lower: float, upper: float, *, seek: bool) -> Iterator[Frame]:
+    """Decodes with PyAV, from the start or (`seek`) from a keyframe shortly before `lower`.
+
+    Raises:
+        _SeekMissed: before yielding anything, when a seek cannot give exact frame indices.
+    """
     import av
 
     container, stream = _open_pyav(path)
-    sampler = _Sampler(sample_fps)
-    time_base = stream.time_base
-    start_pts = stream.start_time or 0
-    fallback_step_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
-    index = 0
-    timestamp_s = -fallback_step_s
     with container:
+        sampler = _Sampler(sample_fps)
+        time_base = stream.time_base
+        start_pts = stream.start_time or 0
+        index = 0
+        if seek:
+            counted = _pyav_frames_before(container, stream, lower)
+            if counted is None:
+                raise _SeekMissed
+            index, previous_s = counted
+            if previous_s is not None:
+                sampler.keep(previous_s)  # the sampler's state depends only on the latest earlier frame
+            target_s = max(0.0, lower - _PYAV_SEEK_MARGIN_S)
+            container.seek(start_pts + int(target_s / time_base), stream=stream, backward=True)
+        decoded_before_segment = not seek
+        fallback_step_s = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+        timestamp_s = -fallback_step_s
         frames = container.decode(stream)
         while True:
             try:
                 frame = next(frames, None)
             except av.FFmpegError as exc:
+                if not decoded_before_segment:
+                    raise _SeekMissed from exc
                 raise DecodeError(f"{path!r}: decoder error at frame {index}: {exc}", frame_index=index) from exc
             if frame is None:
                 break
             pts = frame.pts if frame.pts is not None else frame.dts
             timestamp_s = float((pts - start_pts) * time_base) if pts is not None else timestamp_s + fallback_step_s
             shifted = timestamp_s + _TIMESTAMP_TOLERANCE_S
+            if seek and shifted < lower:
+                decoded_before_segment = True  # already counted and sampled by the demuxing pass
+                continue
+            if not decoded_before_segment:
+                raise _SeekMissed  # decoding began inside the segment: frames may have been missed
             if shifted >= upper:
                 return
             if sampler.keep(timestamp_s) and shifted >= lower:
@@ -604,6 +667,16 @@ def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float) -> Iter
                 f"{timestamp_s:.2f} s (truncated file?)",
                 frame_index=index,
             )
+
+
+def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float) -> Iterator[Frame]:
+    if lower > _PYAV_SEEK_MIN_S:
+        try:
+            yield from _decode_pyav(path, sample_fps, lower, upper, seek=True)
+            return
+        except _SeekMissed:
+            pass  # raised before any frame was yielded
+    yield from _decode_pyav(path, sample_fps, lower, upper, seek=False)
 
 
 def _iter_image(path: str, lower: float, upper: float) -> Iterator[Frame]:
@@ -643,18 +716,23 @@ def iter_frames(
         The sampled frames, in timestamp order.
 
     Raises:
-        UnreadableVideo: if the file cannot be opened (raised at the first ``next()``).
+        ValueError: at the call, for a bad `sample_fps`, `decoder` or segment.
+        UnreadableVideo: if the file is missing or empty (at the call), or cannot be opened as a video (at the
+            first ``next()``).
         DecodeError: if decoding fails part-way; ``frame_index`` names the frame reached. Frames before it
             have been yielded already.
         TruncatedVideo: if the stream ends well before the frame count its container declares (a partial
             file: decord refuses to open these, PyAV decodes up to the cut, yields those frames, then raises).
-        ValueError: for a bad `sample_fps`, `decoder` or segment.
     """
     path = os.fspath(path)
     _check_decoder(decoder)
-    _Sampler(sample_fps)  # validates sample_fps before any I/O
+    _Sampler(sample_fps)  # validates sample_fps
     lower, upper = _segment_bounds(start_s, end_s)
     _check_local_file(path)
+    return _iter_frames(path, sample_fps, lower, upper, decoder)
+
+
+def _iter_frames(path: str, sample_fps: float, lower: float, upper: float, decoder: str) -> Iterator[Frame]:
     if _is_image(path):
         yield from _iter_image(path, lower, upper)
         return

@@ -131,13 +131,19 @@ def test_sampling_at_5_fps_follows_time_not_rounded_fps(videos_dir: Path) -> Non
 @pytest.mark.parametrize("sample_fps", [0, 7.0])
 def test_decord_and_pyav_agree_on_vfr_clip(videos_dir: Path, sample_fps: float) -> None:
     path = str(videos_dir / CLIP_VFR)
-    by_decord = list(iter_frames(path, sample_fps=sample_fps, decoder="decord"))
-    by_pyav = list(iter_frames(path, sample_fps=sample_fps, decoder="pyav"))
+    # The frame rate changes from 30 to about 24 fps at 2.4 s.
+    by_decord = list(iter_frames(path, sample_fps=sample_fps, end_s=4.0, decoder="decord"))
+    by_pyav = list(iter_frames(path, sample_fps=sample_fps, end_s=4.0, decoder="pyav"))
     assert [f.frame_index for f in by_decord] == [f.frame_index for f in by_pyav]
     np.testing.assert_allclose(
         [f.timestamp_s for f in by_decord], [f.timestamp_s for f in by_pyav], atol=1e-3
     )
-    assert len(by_decord) == (169 if sample_fps == 0 else pytest.approx(6.4 * sample_fps, abs=2))
+    steps = np.diff([f.timestamp_s for f in by_pyav])
+    if sample_fps == 0:
+        assert len(by_pyav) == 112
+        assert steps[:70] == pytest.approx(1 / 30, abs=1e-3) and steps[80:].mean() == pytest.approx(1 / 24, abs=2e-3)
+    else:
+        assert len(by_pyav) == 28
     for a, b in zip(by_decord[::10], by_pyav[::10]):
         assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 1.0
 
@@ -154,6 +160,7 @@ def test_decord_and_pyav_agree_on_vfr_clip(videos_dir: Path, sample_fps: float) 
         ("decord", 3.3, [0.5, 1.01, 7.777]),
         ("pyav", 5.0, [3.0, 6.1]),
         ("pyav", 0, [1.234, 4.5]),
+        ("pyav", 3.3, [3.5, 5.0, 8.0]),
     ],
 )
 def test_segments_tile_the_whole_video(
@@ -174,11 +181,37 @@ def test_segments_tile_the_whole_video(
         np.testing.assert_array_equal(piece[0].image, by_index[piece[0].frame_index].image)
 
 
+@pytest.mark.parametrize("name", [CLIP_2997, CLIP_VFR])
+def test_pyav_seeks_to_a_segment_with_exact_indices(videos_dir: Path, name: str) -> None:
+    path = str(videos_dir / name)
+    whole = [f for f in iter_frames(path, sample_fps=5, end_s=5.3, decoder="pyav") if f.timestamp_s >= 4.1]
+    # Called directly: a seek that cannot be trusted would raise instead of falling back to decoding from 0.
+    seeked = list(video._decode_pyav(path, 5, 4.1, 5.3, seek=True))
+    assert _summary(seeked) == _summary(whole)
+    np.testing.assert_array_equal(seeked[0].image, whole[0].image)
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".mkv", "libx264"), (".avi", "mpeg4"), (".webm", "libvpx-vp9")])
+def test_pyav_segments_of_other_containers(tmp_path: Path, suffix: str, codec: str) -> None:
+    frames = [np.full((16, 24, 3), 3 * i, dtype=np.uint8) for i in range(80)]  # 8 s at 10 fps
+    path = str(_write_video(tmp_path / f"clip{suffix}", frames, codec=codec))
+    whole = _summary(list(iter_frames(path, sample_fps=4, decoder="pyav")))
+    assert len(whole) == 32
+    tiled = [
+        f
+        for start, end in [(0.0, 3.3), (3.3, 4.05), (4.05, 6.5), (6.5, None)]
+        for f in iter_frames(path, sample_fps=4, start_s=start, end_s=end, decoder="pyav")
+    ]
+    assert _summary(tiled) == whole
+    seeked = _summary(list(video._decode_pyav(path, 4, 4.05, 6.5, seek=True)))
+    assert seeked == [item for item in whole if 4.05 <= item[1] < 6.5]
+
+
 def test_segments_from_plan_tile_a_vfr_video(videos_dir: Path) -> None:
     path = str(videos_dir / CLIP_VFR)
     whole = _summary(list(iter_frames(path, sample_fps=7)))
-    segments = plan_segments(probe(path), 1.5)
-    assert len(segments) == 4
+    segments = plan_segments(probe(path), 2.0)
+    assert segments == [(0.0, 2.0), (2.0, 4.0), (4.0, None)]
     tiled = [f for start, end in segments for f in iter_frames(path, sample_fps=7, start_s=start, end_s=end)]
     assert _summary(tiled) == whole
 
@@ -274,7 +307,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
     with pytest.raises(UnreadableVideo, match="empty.mp4.*zero-byte file"):
         probe(str(path))
     with pytest.raises(UnreadableVideo, match="zero-byte"):
-        next(iter_frames(str(path)))
+        iter_frames(str(path))
 
 
 @pytest.mark.parametrize("decoder", ["auto", "decord", "pyav"])
@@ -355,9 +388,9 @@ def test_invalid_arguments(videos_dir: Path) -> None:
     with pytest.raises(ValueError, match="unknown decoder"):
         probe(path, decoder="opencv")
     with pytest.raises(ValueError, match="sample_fps"):
-        next(iter_frames(path, sample_fps=-1))
+        iter_frames(path, sample_fps=-1)
     with pytest.raises(ValueError, match="end_s"):
-        next(iter_frames(path, start_s=2.0, end_s=2.0))
+        iter_frames(path, start_s=2.0, end_s=2.0)
     with pytest.raises(UnreadableVideo, match="does not exist"):
         probe(str(videos_dir / "missing.mp4"))
 
