@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -67,28 +68,43 @@ class FerData:
         return len(self.pixels)
 
 
-def load_fer(path: str | Path) -> FerData:
+def load_fer(path: str | Path, splits: Sequence[str] | None = None) -> FerData:
     """Load FER-2013 from a path in any supported form.
 
     Args:
         path: a folder holding ``fer2013_train.npz`` / ``fer2013_test.npz`` (or ``fer2013.npz``), one such npz,
             a ``fer2013.csv``, a folder holding ``fer2013.csv``, or a Kaggle image folder with ``train/`` and ``test/``.
+        splits: keep only these splits (None = all). With the npz form, files holding none of them are not
+            decompressed, so evaluating on the test splits skips the large training file.
 
     Raises:
         DataError: naming what was expected and how to fix it.
     """
-    p = Path(path)
+    if splits is not None:
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown:
+            raise DataError(f"unknown splits {unknown}; expected some of {', '.join(SPLITS)}")
+        if not splits:
+            raise DataError(f"no splits asked for; expected some of {', '.join(SPLITS)}")
+    data = _load_any(Path(path), splits)
+    if splits is None:
+        return data
+    keep = np.isin(data.usage, [SPLITS.index(s) for s in splits])
+    return data if keep.all() else FerData(data.pixels[keep], data.labels[keep], data.usage[keep], data.row[keep])
+
+
+def _load_any(p: Path, splits: Sequence[str] | None) -> FerData:
     if not p.exists():
         raise DataError(f"FER-2013 data not found at {str(p)!r}; pass --data pointing at the npz folder, fer2013.csv or the Kaggle image folder")
     if p.is_file():
         if p.suffix == ".npz":
-            return _load_npz([p])
+            return _load_npz([p], splits)
         if p.suffix == ".csv":
             return _load_csv(p)
         raise DataError(f"expected a .npz, a fer2013.csv or a folder, got {p.name!r}")
     npz = sorted(p.glob("fer2013*.npz"))
     if npz:
-        return _load_npz([f for f in npz if f.name != "fer2013.npz"] or npz)
+        return _load_npz([f for f in npz if f.name != "fer2013.npz"] or npz, splits)
     if (p / "fer2013.csv").is_file():
         return _load_csv(p / "fer2013.csv")
     if (p / "train").is_dir():
@@ -99,15 +115,21 @@ def load_fer(path: str | Path) -> FerData:
     )
 
 
-def _load_npz(files: list[Path]) -> FerData:
+def _load_npz(files: list[Path], splits: Sequence[str] | None = None) -> FerData:
+    wanted = None if splits is None else [SPLITS.index(s) for s in splits]
     parts = []
     for f in files:
         with np.load(f) as d:
             missing = {"pixels", "emotion", "usage"} - set(d.files)
             if missing:
                 raise DataError(f"{f.name} lacks arrays {sorted(missing)}; expected pixels, emotion, usage (see the data README)")
+            # npz members decompress one by one: reading `usage` alone is cheap, `pixels` is not.
+            if wanted is not None and not np.isin(d["usage"], wanted).any():
+                continue
             row = d["row"].astype(np.int64) if "row" in d.files else np.full(len(d["emotion"]), -1)
             parts.append((d["pixels"], d["emotion"].astype(np.int64), d["usage"].astype(np.uint8), row))
+    if not parts:
+        raise DataError(f"{', '.join(f.name for f in files)} hold no rows of the splits {', '.join(splits or [])}")
     pixels, labels, usage, row = (np.concatenate(a) for a in zip(*parts))
     if (row >= 0).all():
         order = np.argsort(row, kind="stable")
@@ -204,13 +226,21 @@ def ferplus_soft_targets(votes: np.ndarray) -> np.ndarray:
 
 
 def ferplus_majority(votes: np.ndarray) -> np.ndarray:
-    """Majority class (our index) per row from (N, 10) FERPlus votes; -1 where the majority is contempt,
-    unknown or not-a-face (those rows are left out of the FERPlus accuracy)."""
+    """Majority class (our index) per row from (N, 10) FERPlus votes.
+
+    -1 where the majority is contempt, unknown or not-a-face, where the top vote count is tied between columns
+    (no majority; about 5% of rows) and where a row has no votes; those rows are left out of the FERPlus accuracy.
+    """
+    votes = np.asarray(votes)
+    if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_COLUMNS):
+        raise DataError(f"FERPlus votes must be (N, {len(FERPLUS_COLUMNS)}) in {FERPLUS_COLUMNS} order, got {votes.shape}")
     top = votes.argmax(1)
+    best = votes.max(1, initial=0)
+    decided = (best > 0) & ((votes == best[:, None]).sum(1) == 1)
     out = np.full(len(votes), -1, dtype=np.int64)
     for j, col in enumerate(FERPLUS_COLUMNS):
         if col in _FERPLUS_TO_OURS:
-            out[top == j] = EMOTIONS.index(_FERPLUS_TO_OURS[col])
+            out[(top == j) & decided] = EMOTIONS.index(_FERPLUS_TO_OURS[col])
     return out
 
 
