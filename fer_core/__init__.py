@@ -1,19 +1,30 @@
-"""fer_core: faces in video -> per-frame emotion timelines. The library core imports no Ray."""
+"""fer_core: faces in video -> per-frame emotion timelines. The library core imports no Ray.
 
-from fer_core.checkpoint import CheckpointError, Classifier, load_classifier
-from fer_core.labels import EMOTIONS, PROB_COLUMNS
-from fer_core.models import create_model, list_models
-from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA
+The public names below load lazily, so importing a light module (``fer_core.video``) doesn't import torch.
+"""
 
-__all__ = [
-    "EMOTIONS",
-    "FACES_SCHEMA",
-    "PROB_COLUMNS",
-    "VIDEOS_SCHEMA",
-    "CheckpointError",
-    "Classifier",
-    "create_model",
-    "list_models",
-    "load_classifier",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "EMOTIONS": "fer_core.labels",
+    "PROB_COLUMNS": "fer_core.labels",
+    "FACES_SCHEMA": "fer_core.schema",
+    "VIDEOS_SCHEMA": "fer_core.schema",
+    "CheckpointError": "fer_core.checkpoint",
+    "Classifier": "fer_core.checkpoint",
+    "load_classifier": "fer_core.checkpoint",
+    "create_model": "fer_core.models",
+    "list_models": "fer_core.models",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fer_core' has no attribute {name!r}")
