@@ -51,6 +51,10 @@ class AnnotateOptions:
     """IoU needed to continue a face track between sampled frames."""
     track_max_age_s: float = 1.0
     """A track unmatched for longer than this ends; the face gets a new track id."""
+    decode_labels: tuple[str, ...] = ()
+    """Ray node labels (KEY=VALUE) the decode + detect tasks must run on, e.g. a CPU worker group."""
+    classify_labels: tuple[str, ...] = ()
+    """Ray node labels (KEY=VALUE) the classifier actors must run on, e.g. a GPU worker group."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
@@ -69,10 +73,21 @@ class AnnotateOptions:
             (0 < self.track_iou < 1, "--track-iou", "must be in (0, 1)"),
             (self.track_max_age_s >= 0, "--track-max-age-s", "must be >= 0"),
         ]
+        for flag, labels in (("--decode-label", self.decode_labels), ("--classify-label", self.classify_labels)):
+            for label in labels:
+                key, sep, value = label.partition("=")
+                checks.append((bool(sep and key.strip() and value.strip()), flag, f"expects KEY=VALUE, got {label!r}; e.g. {flag} node-role=gpu"))
         for ok, flag, msg in checks:
             if not ok:
+                if flag.endswith("-label"):
+                    raise OptionError(f"{flag} {msg}")
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise OptionError(f"{flag} {msg}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    """``("a=b", "c=d")`` -> ``{"a": "b", "c": "d"}`` (validated by AnnotateOptions)."""
+    return {k.strip(): v.strip() for k, _, v in (label.partition("=") for label in labels)}

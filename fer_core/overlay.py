@@ -283,7 +283,7 @@ def render_video(
             # The encoder works in the source's time base, so variable frame intervals keep their timestamps.
             stream.time_base = stream.codec_context.time_base = time_base
             if codec == "libx264":
-                stream.options = {"crf": "20", "preset": "veryfast"}
+                stream.options = {"crf": "20", "preset": "veryfast", "bf": "0"}  # no B-frames: exact frame durations
             else:
                 stream.bit_rate = 8_000_000
             encoder = _Encoder(container, stream, time_base, duration_s)

@@ -23,7 +23,7 @@ import ray
 
 from fer_core import __version__
 from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_classifier
-from fer_core.config import AnnotateOptions
+from fer_core.config import AnnotateOptions, parse_labels
 from fer_core.isolate import run_isolated
 from fer_core.labels import PROB_COLUMNS
 from fer_core.output import Assembler, OutputStore, VideoResult
@@ -175,6 +175,19 @@ def _plan_resources(opts: AnnotateOptions) -> dict[str, Any]:
     }
 
 
+def check_labels(opts: AnnotateOptions) -> None:
+    """Fail fast when a label selector matches no alive node (Ray would wait for one for 30 minutes)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for flag, labels in (("--decode-label", opts.decode_labels), ("--classify-label", opts.classify_labels)):
+        wanted = parse_labels(labels)
+        if wanted and not any(all(n.get("Labels", {}).get(k) == v for k, v in wanted.items()) for n in nodes):
+            have = sorted({f"{k}={v}" for n in nodes for k, v in n.get("Labels", {}).items() if not k.startswith("ray.io/")})
+            raise RuntimeError(
+                f"{flag} {','.join(labels)} matches no node of the cluster (node labels: {', '.join(have) or 'none'}); "
+                "fix the label or the cluster's worker groups"
+            )
+
+
 def plan_videos(videos: list[tuple[str, str]], opts: AnnotateOptions) -> list[dict[str, Any]]:
     """Probe videos in parallel on the cluster; returns segment rows, longest videos first."""
     if not videos:
@@ -210,6 +223,7 @@ def annotate(
 
     started = time.perf_counter()
     files, meta, model_id = _checkpoint_files(opts.model)
+    check_labels(opts)
     resources = _plan_resources(opts)
     run_meta = {
         "fer_core_version": __version__,
@@ -241,6 +255,7 @@ def annotate(
         _segment_batches,
         batch_size=1,
         num_cpus=resources["decode_cpus"],
+        label_selector=parse_labels(opts.decode_labels) or None,
         fn_kwargs={"opts": opts, "detector": detector, "model_bytes": model_bytes, "spec": meta.preprocessing},
     )
     gpu = resources["device"] == "gpu"
@@ -250,6 +265,7 @@ def annotate(
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources["actors"]),
         num_gpus=1 if gpu else 0,
         num_cpus=resources["actor_cpus"],
+        label_selector=parse_labels(opts.classify_labels) or None,
         fn_constructor_kwargs={
             "checkpoint_files": files,
             "device": resources["device"],

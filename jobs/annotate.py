@@ -47,6 +47,8 @@ def main(
     device: str = typer.Option("auto", help="Classifier device: auto (GPU when the cluster has one), cpu or gpu."),
     classifier_actors: int = typer.Option(0, help="Classifier actors (0 = one per GPU, or one per 8 CPUs)."),
     classifier_cpus: float = typer.Option(0.5, help="CPUs reserved by each CPU classifier actor."),
+    decode_label: list[str] = typer.Option([], help="Run decode tasks only on nodes with this Ray label KEY=VALUE (repeatable)."),
+    classify_label: list[str] = typer.Option([], help="Run classifier actors only on nodes with this Ray label KEY=VALUE (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete earlier results in --out and start fresh."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; only the summary."),
@@ -59,6 +61,7 @@ def main(
             min_face_px=min_face_px, score_threshold=score_threshold, decoder=decoder, segment_s=segment_s,
             segment_timeout_s=segment_timeout_s, model=model, batch_size=batch_size, device=device,
             classifier_actors=classifier_actors, classifier_cpus=classifier_cpus,
+            decode_labels=tuple(decode_label), classify_labels=tuple(classify_label),
         )
     except OptionError as e:
         raise fail(str(e))

@@ -14,17 +14,23 @@ IMAGENET_MODELS = ("resnet50", "efficientnet_b0")
 FER_MODELS = [name for name in list_models() if name not in IMAGENET_MODELS]
 
 
+# Parameter counts in millions. A changed architecture silently breaks every saved checkpoint of that name.
+PARAMETERS_M = {"fer_vgg_tiny": 0.31, "fer_vgg_small": 1.24, "fer_vgg_large": 4.95, "seed_cnn": 2.78, "resnet18_cifar": 11.17}
+
+
 @pytest.mark.parametrize("name", FER_MODELS)
 def test_forward_gray_48_gives_logits_per_class(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name).eval()
     with torch.no_grad():
-        out = model(torch.randn(3, 1, 48, 48))
-    assert out.shape == (3, NUM_CLASSES) and out.dtype == torch.float32
+        out = model(torch.randn(2, 1, 48, 48))
+    assert out.shape == (2, NUM_CLASSES) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
+    if name in PARAMETERS_M:
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PARAMETERS_M[name], abs=0.01)
 
 
-@pytest.mark.parametrize("name", FER_MODELS)
+@pytest.mark.parametrize("name", ["fer_vgg_tiny", "seed_cnn"])
 def test_train_mode_batch_of_two_backpropagates(name: str) -> None:
     model = create_model(name).train()
     out = model(torch.randn(2, 1, 48, 48))
@@ -32,14 +38,12 @@ def test_train_mode_batch_of_two_backpropagates(name: str) -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", IMAGENET_MODELS)
-def test_imagenet_models_shape_at_small_input(name: str) -> None:
-    model = create_model(name, in_channels=1).eval()  # weights=None: nothing is downloaded
+@pytest.mark.parametrize(("name", "in_channels", "num_classes"), [("resnet50", 1, 7), ("efficientnet_b0", 3, 5)])
+def test_imagenet_models_shape_at_small_input(name: str, in_channels: int, num_classes: int) -> None:
+    # weights=None: nothing is downloaded. Grayscale goes through the summed-stem adaptation, RGB keeps the stem.
+    model = create_model(name, in_channels=in_channels, num_classes=num_classes).eval()
     with torch.no_grad():
-        assert model(torch.randn(2, 1, 32, 32)).shape == (2, NUM_CLASSES)
-    rgb = create_model(name, in_channels=3, num_classes=5).eval()
-    with torch.no_grad():
-        assert rgb(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+        assert model(torch.randn(2, in_channels, 32, 32)).shape == (2, num_classes)
 
 
 def test_rgb_input_other_class_count_and_other_size() -> None:
@@ -50,16 +54,6 @@ def test_rgb_input_other_class_count_and_other_size() -> None:
     seed = create_model("seed_cnn", input_size=40).eval()
     with torch.no_grad():
         assert seed(torch.randn(2, 1, 40, 40)).shape == (2, NUM_CLASSES)
-
-
-@pytest.mark.parametrize(
-    ("name", "millions"),
-    [("fer_vgg_tiny", 0.31), ("fer_vgg_small", 1.24), ("fer_vgg_large", 4.95), ("seed_cnn", 2.78), ("resnet18_cifar", 11.17)],
-)
-def test_parameter_counts_match_the_documented_architectures(name: str, millions: float) -> None:
-    # A changed architecture silently breaks every saved checkpoint of that name: pin the sizes.
-    count = sum(p.numel() for p in create_model(name).parameters())
-    assert count / 1e6 == pytest.approx(millions, abs=0.01)
 
 
 def test_list_models_is_sorted_and_has_the_defaults() -> None:
