@@ -73,6 +73,8 @@ class CheckpointMeta:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{source}: {META_FILE} is not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: {META_FILE} must hold a JSON object, got {type(d).__name__}")
         if d.get("format") != FORMAT:
             raise CheckpointError(f"{source}: unsupported checkpoint format {d.get('format')!r}, expected {FORMAT!r}")
         try:
@@ -137,9 +139,12 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Mod
     """
     folder = _resolve(path)
     meta = CheckpointMeta.from_json((folder / META_FILE).read_text(), source=str(folder))
-    model = create_model(
-        meta.arch, num_classes=len(meta.classes), in_channels=meta.preprocessing.channels, **meta.arch_kwargs
-    )
+    try:
+        model = create_model(
+            meta.arch, num_classes=len(meta.classes), in_channels=meta.preprocessing.channels, **meta.arch_kwargs
+        )
+    except (ValueError, TypeError) as e:  # an unknown architecture (newer code?) or options it does not take
+        raise CheckpointError(f"checkpoint {str(folder)!r}: cannot build {meta.arch!r} ({e})") from e
     weights = folder / WEIGHTS_FILE
     try:
         state = load_file(str(weights))

@@ -66,3 +66,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_model")
     save_checkpoint(folder, model, CheckpointMeta(arch="fer_vgg_tiny", name="tiny-test"))
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch code on one thread, restoring the setting after it.
+
+    Small tensors gain nothing from intra-op threads, and on a busy machine (a training run beside the tests)
+    two spinning OpenMP threads per process make CPU tests several times slower.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -9,6 +9,8 @@ from torch import nn
 from fer_core.labels import NUM_CLASSES
 from fer_core.models import UnknownModelError, create_model, list_models, register_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # torchvision ImageNet models: too heavy for a 48 px forward in every parametrization; checked once below.
 IMAGENET_MODELS = ("resnet50", "efficientnet_b0")
 FER_MODELS = [name for name in list_models() if name not in IMAGENET_MODELS]

@@ -8,6 +8,8 @@ import torch
 
 from fer_core.preprocess import EvalPreset, Preprocessing, TrainPreset, crop_faces, square_crop_box
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GRAY = Preprocessing()  # 48 px, 1 channel, mean 0.5, std 0.25
 RGB = Preprocessing(input_size=32, channels=3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
 
@@ -149,8 +151,8 @@ def test_train_preset_flip_mirrors_some_images() -> None:
     x = TrainPreset(GRAY, **{**NO_AUG, "flip": True})(faces, generator=torch.Generator().manual_seed(0))
     plain = EvalPreset(GRAY)(faces[:1, 0].numpy())[0]
     mirrored = torch.flip(plain, dims=[2])
-    is_plain = torch.stack([torch.allclose(img, plain, atol=1e-5) for img in x])
-    is_mirrored = torch.stack([torch.allclose(img, mirrored, atol=1e-5) for img in x])
+    is_plain = torch.tensor([torch.allclose(img, plain, atol=1e-5) for img in x])
+    is_mirrored = torch.tensor([torch.allclose(img, mirrored, atol=1e-5) for img in x])
     assert (is_plain ^ is_mirrored).all()  # each image is exactly one of the two
     assert is_plain.any() and is_mirrored.any()
 

@@ -115,22 +115,46 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def _coerce(key: str, value: Any) -> Any:
-    """Turn a command-line string into the field's type."""
-    if not isinstance(value, str):
-        return value
+    """Check a value from YAML or the command line against the field's type; strings are converted."""
     default = _FIELDS[key].default
+    if default is dataclasses.MISSING:  # model_kwargs: a mapping, or YAML text of one on the command line
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: expected a mapping such as '{{dropout: 0.3}}', got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping such as '{{dropout: 0.3}}', got {value!r}")
+        return value
     if isinstance(default, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
             return True
-        if value.lower() in ("0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if default is dataclasses.MISSING or default is None or isinstance(default, str):
-        return yaml.safe_load(value) if key.endswith("kwargs") else value
-    try:
-        return type(default)(value)
-    except ValueError:
-        raise ConfigError(f"{key}: expected a {type(default).__name__}, got {value!r}") from None
+    if isinstance(default, (int, float)):
+        kind = type(default)
+        expected = "an integer" if kind is int else "a number"
+        if isinstance(value, str):
+            try:
+                value = float(value)  # "5e-4" (which YAML leaves a string) and "1e3" both work
+            except ValueError:
+                raise ConfigError(f"{key}: expected {expected}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        if kind is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            return int(value)
+        return float(value)
+    # Strings, and optional paths (default None).
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
