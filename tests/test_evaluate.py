@@ -74,7 +74,7 @@ def test_evaluate_writes_every_figure(tiny_checkpoint: Path, tiny_data: Path, hi
 
 def test_ferplus_accuracy_uses_the_majority_vote(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
     result = evaluate(tiny_checkpoint, tiny_data, tmp_path, ferplus=tiny_data / "fer2013new.csv", splits=["PublicTest"],
-                      throughput_seconds=0)
+                      throughput_seconds=0, figures=False)
     clf = load_classifier(tiny_checkpoint, device="cpu")
     from training.data import ferplus_majority, load_fer, load_ferplus_votes
 
@@ -92,7 +92,9 @@ def test_metrics_file_next_to_the_model_is_found(tiny_checkpoint: Path, tiny_dat
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoint, run / "model")
     shutil.copy(history_file, run / "metrics.jsonl")
-    result = evaluate(run / "model", tiny_data, tmp_path / "eval", splits=["PublicTest"], limit=5, throughput_seconds=0)
+    result = evaluate(run / "model", tiny_data, tmp_path / "eval", splits=["PublicTest"], limit=5, throughput_seconds=0,
+                      figures=False)
+    assert "figure" not in result["training"] and not list((tmp_path / "eval").glob("*.png"))
     assert result["training"]["epochs"] == 3 and result["splits"]["PublicTest"]["n"] == 5
 
 
@@ -118,7 +120,7 @@ def test_tta_modes_give_probabilities(tiny_checkpoint: Path, tta: str) -> None:
 
 def test_tta_from_the_checkpoint_can_be_overridden(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
     result = evaluate(tiny_checkpoint, tiny_data, tmp_path, tta="tencrop", splits=["PrivateTest"], limit=4,
-                      throughput_seconds=0)
+                      throughput_seconds=0, figures=False)
     assert result["tta"] == "tencrop" and list(result["splits"]) == ["PrivateTest"]
 
 
@@ -160,7 +162,8 @@ def test_cli_prints_summary_or_one_error_line(tiny_checkpoint: Path, tiny_data: 
     assert help_result.exit_code == 0 and "--tta" in help_result.output and "--limit" in help_result.output
 
     ok = runner.invoke(app, [str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(tmp_path / "e"),
-                             "--splits", "PublicTest", "--limit", "6", "--throughput-seconds", "0.1"])
+                             "--splits", "PublicTest", "--limit", "6", "--throughput-seconds", "0.1",
+                             "--no-figures"])
     assert ok.exit_code == 0, ok.output
     assert "PublicTest: accuracy" in ok.output and "CPU throughput" in ok.output and "metrics.json" in ok.output
 

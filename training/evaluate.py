@@ -280,6 +280,7 @@ def evaluate_split(
     out: Path,
     split: str,
     ferplus: str | Path | None = None,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Every figure of one split, with its confusion, confidence and reliability PNGs written to ``out``."""
     start = time.perf_counter()
@@ -288,17 +289,19 @@ def evaluate_split(
     report = classification_report(probs, data.labels, classifier.classes, n_bins=ECE_BINS)
     if ferplus is not None:
         report["ferplus"] = ferplus_accuracy(probs, load_ferplus_votes(ferplus, data.row))
+    report["predict_seconds"] = seconds
+    if not figures:
+        return report
     title = f"{split} ({classifier.model_id}, tta={tta})"
-    figures = {
+    names = {
         "confusion_matrix": f"{split}_confusion.png",
         "confidence_histograms": f"{split}_confidence.png",
         "reliability_diagram": f"{split}_reliability.png",
     }
-    plot_confusion(np.asarray(report["confusion_matrix"]), classifier.classes, out / figures["confusion_matrix"], title)
-    plot_confidence(probs, data.labels, classifier.classes, out / figures["confidence_histograms"], title)
-    plot_reliability(report["calibration"], out / figures["reliability_diagram"], title)
-    report["figures"] = figures
-    report["predict_seconds"] = seconds
+    plot_confusion(np.asarray(report["confusion_matrix"]), classifier.classes, out / names["confusion_matrix"], title)
+    plot_confidence(probs, data.labels, classifier.classes, out / names["confidence_histograms"], title)
+    plot_reliability(report["calibration"], out / names["reliability_diagram"], title)
+    report["figures"] = names
     return report
 
 
@@ -314,6 +317,7 @@ def evaluate(
     limit: int = 0,
     device: str = "auto",
     throughput_seconds: float = 2.0,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint and write ``metrics.json`` and the figures into ``out``.
 
@@ -329,6 +333,7 @@ def evaluate(
         limit: evaluate at most this many faces per split (0 = all), for smoke runs.
         device: 'auto', 'cpu' or 'cuda' for the accuracy pass (throughput is always one CPU thread).
         throughput_seconds: how long to measure CPU throughput (0 = skip).
+        figures: draw the PNGs (off: numbers only, faster).
 
     Returns:
         The dictionary written to metrics.json.
@@ -375,11 +380,15 @@ def evaluate(
             part = part.subset(limit, seed=0)
         if len(part) == 0:
             raise DataError(f"{str(data)!r} has no {split} rows; pick other --splits")
-        result["splits"][split] = evaluate_split(classifier, part, tta=effective_tta, out=out, split=split, ferplus=ferplus)
+        result["splits"][split] = evaluate_split(
+            classifier, part, tta=effective_tta, out=out, split=split, ferplus=ferplus, figures=figures
+        )
     if history is not None:
-        plot_training_curves(history, out / "training_curves.png")
-        result["training"] = {"metrics_file": str(metrics_file), "epochs": len(history), "last": history[-1] if history else None,
-                              "figure": "training_curves.png"}
+        result["training"] = {"metrics_file": str(metrics_file), "epochs": len(history),
+                              "last": history[-1] if history else None}
+        if figures:
+            plot_training_curves(history, out / "training_curves.png")
+            result["training"]["figure"] = "training_curves.png"
     if throughput_seconds > 0:
         faces = dataset.split(splits[0]).pixels[:256]
         result["throughput"] = cpu_throughput(model_dir, faces, seconds=throughput_seconds)
@@ -417,12 +426,14 @@ def main(
     limit: int = typer.Option(0, "--limit", help="At most this many faces per split (0 = all); for smoke runs."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda for the accuracy pass."),
     throughput_seconds: float = typer.Option(2.0, "--throughput-seconds", help="CPU throughput measurement time (0 = skip)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
 ) -> None:
     """Evaluate a checkpoint and write OUT/metrics.json plus PNG figures."""
     try:
         result = evaluate(
             model_dir, data, out, ferplus=ferplus, tta=tta, splits=[s.strip() for s in splits.split(",") if s.strip()],
             metrics_file=metrics_file, limit=limit, device=device, throughput_seconds=throughput_seconds,
+            figures=figures,
         )
     except (EvaluationError, DataError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
