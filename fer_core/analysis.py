@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from fer_core import storage
 from fer_core.labels import EMOTIONS, PROB_COLUMNS
-from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA
+from fer_core.schema import FACES_SCHEMA, STATUS_OK, VIDEOS_SCHEMA
 
 SHARE_COLUMNS: tuple[str, ...] = tuple(f"share_{name}" for name in EMOTIONS)
 """Share of face-time per class, in summaries (0..1, summing to 1 where there are faces)."""
@@ -90,8 +90,9 @@ def load_timelines(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns:
         ``(faces, videos)`` with the columns of :data:`fer_core.schema.FACES_SCHEMA` and
         :data:`fer_core.schema.VIDEOS_SCHEMA`, as ``pd.read_parquet`` gives them (integer face columns become
-        float64 where frames without a face make them null). ``faces`` is sorted by video, time and face
-        index, ``videos`` by path. ``faces`` may be empty (every video failed); ``videos`` never is.
+        float64 where frames without a face make them null). ``faces`` holds the rows of the videos whose
+        ``videos`` row says ``ok`` (the job writes that row last), sorted by video, time and face index;
+        ``videos`` is sorted by path. ``faces`` may be empty (every video failed); ``videos`` never is.
 
     Raises:
         TimelineError: the folder or one of its two subfolders is missing, ``videos/`` holds no Parquet file,
@@ -115,8 +116,11 @@ def load_timelines(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise TimelineError(f"cannot read timelines at {shown!r}: {' '.join(str(e).split())[:300]}") from e
     if videos.num_rows == 0:
         raise TimelineError(f"the run at {shown!r} records no video: its videos/ files are empty")
-    faces_df = faces.to_pandas()
     videos_df = videos.to_pandas()
+    # A faces file counts only once its videos row says ok: an interrupted run may leave one without it.
+    done = set(videos_df.loc[videos_df["status"] == STATUS_OK, "video_id"])
+    faces_df = faces.to_pandas()
+    faces_df = faces_df[faces_df["video_id"].isin(done)]
     faces_df = faces_df.sort_values(["video_path", "video_id", "timestamp_s", "face_index"], kind="stable",
                                     na_position="first").reset_index(drop=True)
     videos_df = videos_df.sort_values(["video_path", "video_id"], kind="stable").reset_index(drop=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from fer_core.labels import EMOTIONS, PROB_COLUMNS
-from fer_core.preprocess import crop_faces
 from fer_core.schema import FACES_SCHEMA, with_run_metadata
 from fer_core.track import IoUTracker
 
@@ -68,6 +67,8 @@ class FrameAnnotator:
             frame_index: Position of the frame in the source (every frame read counts).
             timestamp_s: Its time in seconds; not earlier than the previous frame's.
         """
+        from fer_core.preprocess import crop_faces  # imports torch: only once there is a frame to annotate
+
         base = {"video_id": self.video_id, "video_path": self.video_path, "frame_index": int(frame_index),
                 "timestamp_s": float(timestamp_s)}
         detections = self.detector.detect(rgb)
@@ -184,6 +185,7 @@ def iter_source(capture: Any, source: Source, *, sample_fps: float = 0.0, max_fr
     if not sample_fps >= 0 or math.isinf(sample_fps):
         raise ValueError(f"sample_fps must be a finite number >= 0, got {sample_fps!r}")
     started = None
+    last_timestamp_s = 0.0
     last_interval = -math.inf
     frame_index = -1
     yielded = 0
@@ -199,7 +201,9 @@ def iter_source(capture: Any, source: Source, *, sample_fps: float = 0.0, max_fr
             started = now if started is None else started
             timestamp_s = now - started
         else:
-            timestamp_s = max(0.0, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+            # Clamped to non-decreasing: the tracker needs time order, and some backends report jitter.
+            timestamp_s = max(last_timestamp_s, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+        last_timestamp_s = timestamp_s
         if sample_fps > 0:
             interval = math.floor((timestamp_s + 5e-4) * sample_fps)
             if interval <= last_interval:
@@ -214,42 +218,111 @@ def iter_source(capture: Any, source: Source, *, sample_fps: float = 0.0, max_fr
 
 
 class RowWriter:
-    """Writes rows in :data:`FACES_SCHEMA` to Parquet or CSV (by the file's suffix), or CSV to a text stream,
-    in chunks as they come, so an interrupted session keeps what it wrote.
+    """Writes rows in :data:`FACES_SCHEMA` to Parquet or CSV (by the file's suffix), or CSV to a binary stream,
+    in chunks as they come, so an interrupted session keeps what it wrote. The file is created with the first
+    rows: a session that fails before annotating anything leaves none.
 
     Args:
         target: A ``.parquet`` or ``.csv`` path, or a binary stream (e.g. ``sys.stdout.buffer``) for CSV.
         metadata: Run metadata stored in the Parquet schema (model, detector, options).
+
+    Raises:
+        ValueError: a path with another suffix.
+        OSError: a path whose folder does not exist.
     """
 
     def __init__(self, target: str | Any, metadata: dict[str, Any] | None = None) -> None:
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
-
         self.schema = with_run_metadata(FACES_SCHEMA, metadata) if metadata else FACES_SCHEMA
         self.rows = 0
+        self.target = target
+        self._writer: Any = None
         if isinstance(target, str):
-            suffix = os.path.splitext(target)[1].lower()
-            if suffix not in (".parquet", ".csv"):
+            if os.path.splitext(target)[1].lower() not in (".parquet", ".csv"):
                 raise ValueError(f"--out must end in .parquet or .csv, got {target!r}")
             folder = os.path.dirname(os.path.abspath(target))
             if not os.path.isdir(folder):
                 raise OSError(f"cannot write {target!r}: folder {folder!r} does not exist")
-            self._writer = pq.ParquetWriter(target, self.schema) if suffix == ".parquet" else pacsv.CSVWriter(target, FACES_SCHEMA)
-        else:
-            self._writer = pacsv.CSVWriter(target, FACES_SCHEMA)
-        self._stream = None if isinstance(target, str) else target
+
+    def _open(self) -> Any:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        if isinstance(self.target, str) and self.target.lower().endswith(".parquet"):
+            return pq.ParquetWriter(self.target, self.schema)
+        return pacsv.CSVWriter(self.target, FACES_SCHEMA)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        if self._writer is None:
+            self._writer = self._open()
         self._writer.write_table(rows_table(rows))
         self.rows += len(rows)
-        if self._stream is not None:
-            self._stream.flush()
+        if not isinstance(self.target, str):
+            self.target.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# A session
+
+
+@dataclass
+class LiveSession:
+    """Annotates an opened source frame by frame, writing rows as it goes and showing the preview.
+
+    ``frames`` and ``faces`` count what was annotated, also when :meth:`run` ends by an exception
+    (``KeyboardInterrupt`` included): rows annotated so far are written before it propagates.
+    """
+
+    annotator: FrameAnnotator
+    capture: Any
+    source: Source
+    writer: RowWriter
+    preview: Preview | None = None
+    sample_fps: float = 5.0
+    """Frames annotated per second of source time; 0 = every frame."""
+    max_frames: int = 0
+    """Stop after this many annotated frames; 0 = until the source ends."""
+    chunk_frames: int = 30
+    """Frames between writes (1 = every frame, for stdout)."""
+    on_note: Callable[[str], None] | None = None
+    """Called with a line to tell the user (e.g. why the preview is off)."""
+    frames: int = 0
+    faces: int = 0
+
+    def run(self) -> None:
+        """Until the source ends, ``max_frames`` is reached or the user presses q in the preview.
+
+        Raises:
+            SourceError: the source opened but gives no frame.
+        """
+        pending: list[dict[str, Any]] = []
+        try:
+            for frame_index, timestamp_s, rgb in iter_source(self.capture, self.source, sample_fps=self.sample_fps,
+                                                             max_frames=self.max_frames):
+                rows = self.annotator.annotate(rgb, frame_index, timestamp_s)
+                self.frames += 1
+                self.faces += sum(r["face_index"] is not None for r in rows)
+                pending.extend(rows)
+                if self.frames % self.chunk_frames == 0:
+                    self.writer.write(pending)
+                    pending = []
+                if self.preview is not None:
+                    keep_going = self.preview.show(rgb, rows)
+                    if self.preview.note and self.on_note is not None:
+                        self.on_note(self.preview.note)
+                        self.preview.note = ""
+                    if not keep_going:
+                        break
+        finally:
+            self.writer.write(pending)
+            self.writer.close()
+            if self.preview is not None:
+                self.preview.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ class _Encoder:
             pts = max(pts, self.pending[1] + 1)
             self.last_step = pts - self.pending[1]
             self._encode(*self.pending, duration=self.last_step)
-        elif self.stream.width == 0:
+        else:  # the first frame sets the size (PyAV's default is 640 x 480)
             self.stream.width, self.stream.height = image.shape[1], image.shape[0]
         self.pending = (image, pts)
 

@@ -48,7 +48,7 @@ def main(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Write rows to this .parquet or .csv file instead of stdout."),
     max_frames: int = typer.Option(0, help="Stop after annotating this many frames; 0 = until the source ends."),
     fps: float = typer.Option(5.0, help="Frames annotated per second of source time; 0 = every frame."),
-    show: Optional[bool] = typer.Option(None, "--show/--no-show", help="Show a preview window (needs a display and OpenCV with GUI) [default: when a display exists]."),
+    show: Optional[bool] = typer.Option(None, "--show/--no-show", help="Show a preview window (needs a display and OpenCV with GUI); default: when a display exists."),
 ) -> None:
     """Annotate a camera, stream or video file in real time; rows in the faces schema of jobs/annotate.py."""
     from fer_core.config import AnnotateOptions, OptionError
@@ -72,7 +72,7 @@ def main(
 
     from fer_core.checkpoint import CheckpointError, load_classifier
     from fer_core.detect import DetectorError, create_detector
-    from fer_core.live import FrameAnnotator, Preview, RowWriter, iter_source
+    from fer_core.live import FrameAnnotator, LiveSession, Preview, RowWriter
 
     try:
         classifier = load_classifier(opts.model, device={"gpu": "cuda"}.get(opts.device, opts.device))
@@ -92,39 +92,24 @@ def main(
         capture.release()
         raise fail(str(e))
 
-    preview = Preview(show is not False, explain=show is True)
-    frames = faces = 0
-    pending: list[dict] = []
+    session = LiveSession(
+        annotator, capture, src, writer, Preview(show is not False, explain=show is True), sample_fps=opts.fps,
+        max_frames=max_frames, chunk_frames=CHUNK_FRAMES if out is not None else 1,
+        on_note=lambda note: typer.echo(f"note: {note}", err=True),
+    )
     started = time.perf_counter()
-    chunk = CHUNK_FRAMES if out is not None else 1
     try:
-        for frame_index, timestamp_s, rgb in iter_source(capture, src, sample_fps=opts.fps, max_frames=max_frames):
-            rows = annotator.annotate(rgb, frame_index, timestamp_s)
-            frames += 1
-            faces += sum(r["face_index"] is not None for r in rows)
-            pending.extend(rows)
-            if frames % chunk == 0:
-                writer.write(pending)
-                pending = []
-            keep_going = preview.show(rgb, rows)
-            if preview.note:
-                typer.echo(f"note: {preview.note}", err=True)
-                preview.note = ""
-            if not keep_going:
-                break
+        session.run()
     except KeyboardInterrupt:
         typer.echo("stopped (Ctrl-C)", err=True)
     except SourceError as e:
         raise fail(str(e))
     finally:
-        writer.write(pending)
-        writer.close()
         capture.release()
-        preview.close()
     seconds = time.perf_counter() - started
     where = f", wrote {writer.rows} rows to {out}" if out is not None else ""
-    typer.echo(f"{frames} frames, {faces} faces, {frames / seconds if seconds > 0 else 0:.1f} frames/s{where}", err=True)
-
+    typer.echo(f"{session.frames} frames, {session.faces} faces, "
+               f"{session.frames / seconds if seconds > 0 else 0:.1f} frames/s{where}", err=True)
 
 if __name__ == "__main__":
     app()

@@ -105,6 +105,13 @@ def test_load_round_trip_sorted_and_uri(tmp_path):
     pd.testing.assert_frame_equal(faces, uri_faces)
 
 
+def test_load_skips_faces_of_unfinished_videos(tmp_path):
+    # "d" was interrupted after its faces file and before its videos row: not done, not counted.
+    out = write_run(tmp_path / "run", VIDEO_A + [face_row("d", 0, 0.0, 0, 0, "sad")], video_rows(("a", "ok")))
+    faces, _ = load_timelines(out)
+    assert set(faces.video_id) == {"a"}
+
+
 def test_load_all_failed_gives_empty_faces(tmp_path):
     out = write_run(tmp_path / "run", [], video_rows(("c", "failed")))
     faces, videos = load_timelines(out)
@@ -273,7 +280,7 @@ def test_emotion_windows():
 
 @pytest.mark.slow
 def test_on_real_job_output(ray_local, tmp_path_factory, videos_dir, yunet_model, tiny_checkpoint):
-    from timelines_job import CLIPS, job_output
+    from tools_support import CLIPS, job_output
 
     faces, videos = load_timelines(job_output(tmp_path_factory, videos_dir, yunet_model, tiny_checkpoint))
     assert len(videos) == len(CLIPS) + 1 and (videos.status == "failed").sum() == 1

@@ -131,6 +131,7 @@ def test_tta_from_the_checkpoint_can_be_overridden(tiny_checkpoint: Path, tiny_d
         ({"splits": ["Validation"]}, EvaluationError, "--splits takes a comma-separated subset"),
         ({"splits": ["Training"]}, Exception, "no rows of the splits Training|no Training rows"),
         ({"limit": -1}, EvaluationError, "--limit must be >= 0"),
+        ({"device": "tpu"}, EvaluationError, "--device must be auto, cpu or cuda"),
         ({"metrics_file": "missing.jsonl"}, EvaluationError, "metrics file .* not found"),
         ({"ferplus": "missing.csv"}, Exception, "FERPlus votes not found"),
     ],

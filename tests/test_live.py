@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +12,7 @@ from fer_core.labels import EMOTIONS, PROB_COLUMNS
 from fer_core.live import FrameAnnotator, Preview, RowWriter, SourceError, iter_source, open_capture, parse_source
 from fer_core.schema import FACES_SCHEMA
 from fer_core.video import iter_frames, video_id
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_live(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "live.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
+from tools_support import invoke, one_error, run_script
 
 @pytest.fixture(scope="module")
 def clip(videos_dir) -> Path:
@@ -39,7 +28,7 @@ def annotator_parts(yunet_model, tiny_checkpoint):
 
 
 def test_help():
-    r = run_live("--help")
+    r = run_script("live.py", "--help")
     assert r.returncode == 0, r.stderr
     for flag in ("--model", "--detector", "--out", "--max-frames", "--fps", "--show", "--no-show"):
         assert flag in r.stdout
@@ -59,7 +48,6 @@ def test_parse_source(clip, tmp_path):
 def test_annotator_matches_the_job_pieces(clip, annotator_parts):
     """The live path gives the rows the job's decode + classify stages give for the same frames."""
     from fer_core.config import AnnotateOptions
-    from fer_core.pipeline import classify_batch  # noqa: F401  (pipeline imports ray; only the pure function is used)
     from fer_core.segment import KIND_FACE, SegmentTask, process_segment
 
     detector, classifier = annotator_parts
@@ -72,9 +60,11 @@ def test_annotator_matches_the_job_pieces(clip, annotator_parts):
 
     task = SegmentTask("v", str(clip), 0, 1, 0.0, 1.0)
     batches = list(process_segment(task, AnnotateOptions(fps=5), detector, classifier.meta.preprocessing))
-    job = [classify_batch(classifier, b) for b in batches]
-    faces = [(int(b["frame_index"][i]), [float(b[c][i]) for c in PROB_COLUMNS], [int(b[k][i]) for k in "xywh"])
-             for b in job for i in np.flatnonzero(b["kind"] == KIND_FACE)]
+    faces = []
+    for b in batches:  # what fer_core.pipeline.classify_batch does to each batch, without importing Ray
+        index = np.flatnonzero(b["kind"] == KIND_FACE)
+        probs = classifier.predict_proba(b["crop"][index])
+        faces += [(int(b["frame_index"][i]), probs[j], [int(b[k][i]) for k in "xywh"]) for j, i in enumerate(index)]
     assert [f[0] for f in faces] == [r["frame_index"] for r in rows]
     for (_, probs, box), row in zip(faces, rows):
         np.testing.assert_allclose([row[c] for c in PROB_COLUMNS], probs, atol=1e-5)
@@ -99,6 +89,15 @@ def test_iter_source_samples_a_file_like_the_job(clip):
     expected = [(f.frame_index, f.timestamp_s) for f in iter_frames(str(clip), sample_fps=5, end_s=1.0)]
     assert [g[0] for g in got] == [e[0] for e in expected]
     np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-3)
+
+
+def test_source_without_frames():
+    class Dead:
+        def read(self):
+            return False, None
+
+    with pytest.raises(SourceError, match="gave no frame"):
+        next(iter_source(Dead(), parse_source("rtsp://cam.local/live")))
 
 
 def test_row_writer_csv_and_bad_suffix(tmp_path):
@@ -135,7 +134,7 @@ def test_preview_without_display_or_gui(monkeypatch):
 @pytest.mark.slow
 def test_live_cli_on_a_video_file(clip, yunet_model, tiny_checkpoint, tmp_path):
     out = tmp_path / "rows.parquet"
-    r = run_live(str(clip), "--model", str(tiny_checkpoint), "--detector", "yunet", "--detector-model",
+    r = invoke("live.py", str(clip), "--model", str(tiny_checkpoint), "--detector", "yunet", "--detector-model",
                  str(yunet_model), "--max-frames", "30", "--fps", "0", "--out", str(out), "--no-show")
     assert r.returncode == 0, r.stderr
     assert "30 frames" in r.stderr
@@ -150,6 +149,12 @@ def test_live_cli_on_a_video_file(clip, yunet_model, tiny_checkpoint, tmp_path):
     probs = found[list(PROB_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     assert (found.emotion == np.array(EMOTIONS)[probs.argmax(1)]).all()
+    # Without --out: CSV on stdout, header first, one line per row.
+    r = invoke("live.py", str(clip), "--model", str(tiny_checkpoint), "--detector", "yunet", "--detector-model",
+               str(yunet_model), "--max-frames", "3", "--fps", "0", "--no-show")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].replace('"', "").split(",") == FACES_SCHEMA.names and len(lines) == 4
 
 
 @pytest.mark.parametrize("source, message", [
@@ -159,12 +164,14 @@ def test_live_cli_on_a_video_file(clip, yunet_model, tiny_checkpoint, tmp_path):
 ])
 def test_bad_source_one_line_error(tmp_path, source, message):
     (tmp_path / "notes.mp4").write_text("not a video\n")
-    r = run_live(source.replace("{tmp}", str(tmp_path)), "--no-show")
-    assert r.returncode == 1, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], r.stderr
+    one_error(invoke("live.py", source.replace("{tmp}", str(tmp_path)), "--no-show"), message)
 
 
-def test_bad_option_one_line_error(clip):
-    r = run_live(str(clip), "--fps", "-2")
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: --fps must be >= 0")
+@pytest.mark.parametrize("args, message", [
+    (["--fps", "-2"], "--fps must be >= 0"),
+    (["--detector", "mtcnn"], "--detector must be one of"),
+    (["--out", "rows.json"], "--out must end in .parquet or .csv"),
+    (["--model", "/no/such/model", "--no-show"], "does not exist"),
+])
+def test_bad_option_one_line_error(clip, args, message):
+    one_error(invoke("live.py", str(clip), *args), message)

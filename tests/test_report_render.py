@@ -4,10 +4,7 @@ user runs them on the real job's output, with their error paths."""
 from __future__ import annotations
 
 import base64
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +17,9 @@ from fer_core.labels import EMOTIONS
 from fer_core.overlay import TrackInterpolator, draw_faces, faces_from_rows
 from fer_core.report_page import build_report
 from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA
+from tools_support import invoke, one_error, run_script
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run_job(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, MPLBACKEND="Agg"))
-
-
-def one_error(r: subprocess.CompletedProcess, message: str) -> None:
-    assert r.returncode == 1, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], r.stderr
 
 
 def face(t: float, track: int, emotion: str, box=(100, 100, 50, 50), frame: int | None = None, face_index: int = 0) -> dict:
@@ -88,6 +74,36 @@ def test_draw_faces_marks_the_box():
     assert not image[180:, :50].any()
 
 
+def test_render_keeps_variable_timestamps_and_odd_sizes(tmp_path):
+    """A made-up variable-frame-rate clip of odd size: every frame kept at its time, one pixel padded."""
+    from fractions import Fraction
+
+    import av
+
+    from fer_core.overlay import render_video
+
+    times_ms = [0, 100, 200, 350, 500, 700, 733, 766, 900, 1000]
+    source = tmp_path / "odd.mkv"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 65, 49, "yuv444p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((49, 65, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    rows = faces_frame([face(t / 1000, 0, "happy", (10, 10, 30, 30), frame=i) for i, t in enumerate(times_ms) if i % 3 == 0])
+    stats = render_video(str(source), rows, str(tmp_path / "out.mp4"))
+    assert stats.frames == len(times_ms) and stats.frames_with_faces == len(times_ms)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        frames = list(container.decode(video=0))
+    assert [round(float(f.time) * 1000) for f in frames] == times_ms
+    assert (frames[0].width, frames[0].height) == (66, 50)
+
+
 # --------------------------------------------------------------------------------------------------
 # The page
 
@@ -129,7 +145,7 @@ def test_build_report_tracks_failures_and_escaping():
     ("render.py", ["--timelines", "--out", "--smooth-s", "--codec"]),
 ])
 def test_help(script, flags):
-    r = run_job(script, "--help")
+    r = run_script(script, "--help")
     assert r.returncode == 0, r.stderr
     for flag in flags:
         assert flag in r.stdout
@@ -157,15 +173,14 @@ def _damaged_run(tmp_path: Path, damage: str) -> Path:
 ])
 def test_report_errors(tmp_path, damage, message):
     out = _damaged_run(tmp_path, damage)
-    r = run_job("report.py", str(out), "--html", str(tmp_path / "r.html"))
-    one_error(r, message)
+    one_error(invoke("report.py", str(out), "--html", str(tmp_path / "r.html")), message)
     assert not (tmp_path / "r.html").exists()
-    one_error(run_job("report.py", str(out), "--smooth-s", "-1"), "--smooth-s must be >= 0")
+    one_error(invoke("report.py", str(out), "--smooth-s", "-1"), "--smooth-s must be >= 0")
 
 
 @pytest.fixture(scope="module")
 def job_out(ray_local, tmp_path_factory, videos_dir, yunet_model, tiny_checkpoint) -> Path:
-    from timelines_job import job_output
+    from tools_support import job_output
 
     return job_output(tmp_path_factory, videos_dir, yunet_model, tiny_checkpoint)
 
@@ -173,7 +188,7 @@ def job_out(ray_local, tmp_path_factory, videos_dir, yunet_model, tiny_checkpoin
 @pytest.mark.slow
 def test_report_on_real_output(job_out, tmp_path):
     html = tmp_path / "report.html"
-    r = run_job("report.py", str(job_out), "--html", str(html), "--png-dir", str(tmp_path / "png"))
+    r = run_script("report.py", str(job_out), "--html", str(html), "--png-dir", str(tmp_path / "png"))
     assert r.returncode == 0, r.stderr
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 2  # both clips have faces
@@ -193,7 +208,7 @@ def test_render_real_clip(job_out, videos_dir, tmp_path):
 
     source = job_out.parent / "videos" / "posed_happy.mp4"  # the path the job was given: matched by id
     out = tmp_path / "annotated.mp4"
-    r = run_job("render.py", str(source), "--timelines", str(job_out), "--out", str(out))
+    r = run_script("render.py", str(source), "--timelines", str(job_out), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "by file name" not in r.stderr
 
@@ -206,6 +221,7 @@ def test_render_real_clip(job_out, videos_dir, tmp_path):
     src_frames, src_fps, src_times = decode(source)
     out_frames, out_fps, out_times = decode(out)
     assert len(src_frames) == 150 and len(out_frames) == len(src_frames)
+    assert out_frames[0].shape == src_frames[0].shape
     assert out_fps == pytest.approx(src_fps, abs=1e-6)
     np.testing.assert_allclose(out_times, src_times, atol=1e-3)
     faces, _ = load_timelines(job_out)
@@ -222,18 +238,18 @@ def test_render_real_clip(job_out, videos_dir, tmp_path):
 @pytest.mark.slow
 def test_render_errors(job_out, videos_dir, tmp_path):
     out = str(tmp_path / "o.mp4")
-    one_error(run_job("render.py", str(videos_dir / "posed_sad.mp4"), "-t", str(job_out), "-o", out),
+    one_error(invoke("render.py", str(videos_dir / "posed_sad.mp4"), "-t", str(job_out), "-o", out),
               "is not in the timelines")
-    one_error(run_job("render.py", str(videos_dir / "posed_happy.mp4"), "-t", str(tmp_path / "none"), "-o", out),
+    one_error(invoke("render.py", str(videos_dir / "posed_happy.mp4"), "-t", str(tmp_path / "none"), "-o", out),
               "does not exist")
-    one_error(run_job("render.py", str(tmp_path / "absent.mp4"), "-t", str(job_out), "-o", out), "does not exist")
-    one_error(run_job("render.py", str(job_out.parent / "videos" / "broken.mp4"), "-t", str(job_out), "-o", out),
+    one_error(invoke("render.py", str(tmp_path / "absent.mp4"), "-t", str(job_out), "-o", out), "does not exist")
+    one_error(invoke("render.py", str(job_out.parent / "videos" / "broken.mp4"), "-t", str(job_out), "-o", out),
               "marked")
     # Same name as a video of the run, matched by name (and said so), but not a video.
     (tmp_path / "elsewhere").mkdir()
     fake = tmp_path / "elsewhere" / "posed_happy.mp4"
     fake.write_bytes(b"not a video at all")
-    r = run_job("render.py", str(fake), "-t", str(job_out), "-o", out)
+    r = invoke("render.py", str(fake), "-t", str(job_out), "-o", out)
     one_error(r, "not a readable video")
     assert "matched 'posed_happy.mp4' by file name" in r.stderr
     assert not Path(out).exists() and not list(tmp_path.glob(".o.mp4*"))

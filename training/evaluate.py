@@ -282,7 +282,7 @@ def evaluate_split(
     ferplus: str | Path | None = None,
     figures: bool = True,
 ) -> dict[str, Any]:
-    """Every figure of one split, with its confusion, confidence and reliability PNGs written to ``out``."""
+    """Every figure of one split; its confusion, confidence and reliability PNGs go to ``out`` when ``figures``."""
     start = time.perf_counter()
     probs = predict_proba_tta(classifier, data.pixels, tta)
     seconds = time.perf_counter() - start
@@ -349,6 +349,13 @@ def evaluate(
         raise EvaluationError(f"--splits takes a comma-separated subset of {', '.join(SPLITS)}; got {','.join(splits)!r}")
     if limit < 0:
         raise EvaluationError(f"--limit must be >= 0, got {limit}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise EvaluationError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvaluationError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
     if ferplus is not None and not Path(ferplus).is_file():
         raise DataError(f"FERPlus votes not found at {str(ferplus)!r}; pass --ferplus pointing at fer2013new.csv or leave it out")
     model, meta, model_id = load_checkpoint(model_dir)
@@ -422,7 +429,9 @@ def main(
     ferplus: Optional[str] = typer.Option(None, "--ferplus", help="FERPlus fer2013new.csv (adds majority-vote accuracy)."),
     tta: str = typer.Option("checkpoint", "--tta", help="checkpoint | none | flip | tencrop."),
     splits: str = typer.Option("PublicTest,PrivateTest", "--splits", help="Comma-separated FER-2013 splits."),
-    metrics_file: Optional[Path] = typer.Option(None, "--metrics-file", help="metrics.jsonl of the training run (default: next to MODEL_DIR)."),
+    metrics_file: Optional[Path] = typer.Option(
+        None, "--metrics-file", help="metrics.jsonl of the training run (default: next to MODEL_DIR)."
+    ),
     limit: int = typer.Option(0, "--limit", help="At most this many faces per split (0 = all); for smoke runs."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda for the accuracy pass."),
     throughput_seconds: float = typer.Option(2.0, "--throughput-seconds", help="CPU throughput measurement time (0 = skip)."),

@@ -200,7 +200,9 @@ def main(
     data: Optional[str] = typer.Option(None, "--data", help="FER-2013 data: PublicTest faces for the parity check."),
     real_faces: int = typer.Option(256, "--real-faces", help="How many real faces the parity check uses."),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset (17 or later)."),
-    into_package: bool = typer.Option(False, "--into-package", help="Install as the shipped default model (fer_core/weights/default)."),
+    into_package: bool = typer.Option(
+        False, "--into-package", help="Install as the shipped default model (fer_core/weights/default)."
+    ),
 ) -> None:
     """Export to ONNX and/or install as the package's default model."""
     if onnx is None and not into_package:
@@ -214,7 +216,8 @@ def main(
             report = export_onnx(model_dir, onnx, faces=faces, opset=opset)
             real = (f", real faces {report['max_abs_diff_real']:.1e} (n={report['n_real']})"
                     if report["max_abs_diff_real"] is not None else " (no --data: random faces only)")
-            typer.echo(f"wrote {report['onnx']} (opset {opset}); max |ONNX - PyTorch| random {report['max_abs_diff_random']:.1e}{real}")
+            typer.echo(f"wrote {report['onnx']} (opset {opset}); "
+                       f"max |ONNX - PyTorch| random {report['max_abs_diff_random']:.1e}{real}")
         if into_package:
             model_id = install_into_package(model_dir)
             typer.echo(f"installed {model_id} into {default_model_dir()}")

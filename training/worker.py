@@ -90,7 +90,7 @@ def train_worker(config: dict[str, Any]) -> None:
     kwargs = _meta(cfg, {}).arch_kwargs
     model = create_model(cfg.model, num_classes=len(EMOTIONS), in_channels=cfg.channels, **kwargs)
     if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # oneDNN convolutions run about 30% faster so
+        model = model.to(memory_format=torch.channels_last)  # oneDNN convolutions: see benchmarks/train_throughput.py
     per_worker_batch = cfg.batch_size // world
     steps_per_epoch = len(images) // (per_worker_batch * world)
     if steps_per_epoch == 0:
@@ -111,7 +111,9 @@ def train_worker(config: dict[str, Any]) -> None:
             history = [json.loads(line) for line in (Path(d) / HISTORY_FILE).read_text().splitlines() if line]
             shutil.copytree(Path(d) / "best", best_dir, dirs_exist_ok=True)
         if rank == 0:
-            print(f"resumed from epoch {start_epoch - 1} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch})")
+            # Epochs are counted from 1 in the log (as in the per-epoch lines), from 0 in metrics.jsonl.
+            print(f"resumed after epoch {start_epoch} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch + 1})",
+                  flush=True)
 
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model

@@ -1,0 +1,166 @@
+"""End-to-end tests of the training scripts as users run them: train (Ray Train, 2 CPU workers), resume,
+evaluate, export, and serve the result through the annotation job's classifier. Plus the CLI's failure paths.
+
+The training runs start their own local Ray instance in a subprocess (token auth off for tests only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ["training/train.py", "--config", "configs/train/debug.yaml"]
+
+
+def _run(args: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # a fresh local instance, not whatever cluster the caller uses
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def _log(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ failure paths
+
+
+def test_missing_data_and_bad_set_key_exit_1_with_one_error_line(tmp_path: Path) -> None:
+    missing = _run([*TRAIN, "--out", str(tmp_path), "--data", str(tmp_path / "no_such_data")], timeout_s=120)
+    assert missing.returncode == 1, _log(missing)
+    lines = _error_lines(missing)
+    assert len(lines) == 1 and lines[0].startswith("error: FER-2013 data not found"), _log(missing)
+
+    bad_key = _run([*TRAIN, "--out", str(tmp_path), "--set", "learning_rate=0.1"], timeout_s=120)
+    assert bad_key.returncode == 1, _log(bad_key)
+    lines = _error_lines(bad_key)
+    assert len(lines) == 1 and lines[0].startswith("error: unknown config keys ['learning_rate']"), _log(bad_key)
+
+    bad_value = _run([*TRAIN, "--out", str(tmp_path), "--set", "epochs=soon"], timeout_s=120)
+    assert bad_value.returncode == 1 and _error_lines(bad_value) == ["error: epochs: expected an integer, got 'soon'"]
+    assert not (tmp_path / "debug").exists()  # nothing written before the config is valid
+
+
+# ------------------------------------------------------------------------------------------------ the real run
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    first: subprocess.CompletedProcess
+    first_history: list[dict]
+    second: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, fer_data_dir: Path) -> TrainedRun:
+    """`train.py --config configs/train/debug.yaml` for 1 epoch, then the same command with --epochs 2."""
+    out = tmp_path_factory.mktemp("train_out")
+    first = _run([*TRAIN, "--out", str(out)])
+    assert first.returncode == 0, _log(first)
+    run_dir = out / "debug"
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    second = _run([*TRAIN, "--out", str(out), "--epochs", "2"])
+    assert second.returncode == 0, _log(second)
+    return TrainedRun(run_dir, first, history, second)
+
+
+@pytest.mark.slow
+def test_first_run_checkpoints_and_exports(trained_run: TrainedRun) -> None:
+    assert f"model exported to {trained_run.run_dir / 'model'}" in trained_run.first.stdout
+    assert len(trained_run.first_history) == 1
+    record = trained_run.first_history[0]
+    assert record["epoch"] == 0 and {"train_loss", "train_accuracy", "public_accuracy", "public_accuracy_flip", "lr"} <= set(record)
+    assert list(trained_run.run_dir.glob("checkpoint_*")), "Ray Train wrote no checkpoint"
+
+
+@pytest.mark.slow
+def test_second_run_resumes_after_epoch_1(trained_run: TrainedRun) -> None:
+    import yaml
+
+    log = trained_run.second.stdout + trained_run.second.stderr
+    assert "resumed after epoch 1" in log, _log(trained_run.second)
+    assert "epoch 2/2" in log and "epoch 1/2" not in log  # epoch 1 was not trained again
+    history = [json.loads(line) for line in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[0] == trained_run.first_history[0]  # the first epoch's record is carried over, not redone
+    config = yaml.safe_load((trained_run.run_dir / "config.yaml").read_text())
+    assert config["epochs"] == 2 and config["model"] == "fer_vgg_tiny" and config["name"] == "debug"
+
+
+@pytest.mark.slow
+def test_exported_model_is_self_describing(trained_run: TrainedRun) -> None:
+    model_dir = trained_run.run_dir / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["fer_checkpoint.json", "model.safetensors"]
+    meta = json.loads((model_dir / "fer_checkpoint.json").read_text())
+    assert meta["arch"] == "fer_vgg_tiny" and meta["tta"] == "flip" and meta["name"] == "debug"
+    assert meta["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    # The best PublicTest epoch is exported; its config is the one it was trained under (1 or 2 epochs planned).
+    assert meta["metrics"]["epoch"] in (0, 1) and meta["train_config"]["epochs"] == meta["metrics"]["epoch"] + 1
+
+
+@pytest.mark.slow
+def test_evaluate_and_export_the_trained_model(trained_run: TrainedRun, fer_data_dir: Path, tmp_path: Path) -> None:
+    # The scripts' typer apps run in this process (same code as `python training/evaluate.py ...`, without paying
+    # for another interpreter and torch import).
+    from typer.testing import CliRunner
+
+    from training import evaluate, export
+
+    model_dir = trained_run.run_dir / "model"
+    runner = CliRunner()
+    result = runner.invoke(evaluate.app, [str(model_dir), "--data", str(fer_data_dir), "--ferplus",
+                                          str(fer_data_dir / "fer2013new.csv"), "--out", str(tmp_path / "eval"),
+                                          "--splits", "PublicTest", "--limit", "300", "--throughput-seconds", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "PublicTest: accuracy" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    public = metrics["splits"]["PublicTest"]
+    assert public["n"] == 300 and metrics["tta"] == "flip"  # the checkpoint's TTA, as the annotation job runs it
+    assert public["ferplus"]["n"] > 250
+    assert metrics["training"]["epochs"] == 2  # metrics.jsonl found next to the model
+    assert metrics["throughput"]["faces_per_s"] > 0
+    for name in ("PublicTest_confusion.png", "PublicTest_confidence.png", "PublicTest_reliability.png", "training_curves.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 1000
+
+    onnx_path = tmp_path / "model.onnx"
+    exported = runner.invoke(export.app, [str(model_dir), "--onnx", str(onnx_path), "--data", str(fer_data_dir),
+                                          "--real-faces", "64"])
+    assert exported.exit_code == 0, exported.output
+    assert onnx_path.is_file() and "real faces" in exported.output
+
+
+@pytest.mark.slow
+def test_annotation_classifier_serves_the_trained_model(trained_run: TrainedRun, yunet_model: Path, videos_dir: Path) -> None:
+    """The job's path: decode a frame, detect the face, crop it with the checkpoint's margin, predict_proba."""
+    import cv2
+
+    from fer_core import load_classifier
+    from fer_core.detect import create_detector
+    from fer_core.preprocess import crop_faces
+
+    classifier = load_classifier(trained_run.run_dir / "model", device="cpu")
+    capture = cv2.VideoCapture(str(videos_dir / "posed_happy.mp4"))
+    ok, frame_bgr = capture.read()
+    capture.release()
+    assert ok, "could not decode posed_happy.mp4"
+    frame = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    faces = create_detector("yunet", yunet_model, download=False).detect(frame)
+    assert len(faces) >= 1
+    spec = classifier.meta.preprocessing
+    crops = crop_faces(frame, faces.boxes[:1], margin=spec.crop_margin, out_size=2 * spec.input_size)
+    probs = classifier.predict_proba(crops)
+    assert probs.shape == (1, 7) and classifier.classes[3] == "happy"
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
