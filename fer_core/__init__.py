@@ -20,6 +20,11 @@ _EXPORTS = {
     "load_classifier": "fer_core.checkpoint",
     "create_model": "fer_core.models",
     "list_models": "fer_core.models",
+    "load_timelines": "fer_core.analysis",
+    "smooth_tracks": "fer_core.analysis",
+    "video_summary": "fer_core.analysis",
+    "track_summary": "fer_core.analysis",
+    "emotion_windows": "fer_core.analysis",
 }
 __all__ = sorted(_EXPORTS)
 
