@@ -222,3 +222,24 @@ def test_ferplus_errors(ferplus_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"\(N, 10\)"):
         ferplus_majority(np.zeros((2, 7)))
     assert ferplus_majority(np.zeros((1, 10))).tolist() == [-1]  # no votes at all
+
+
+def test_bucket_uri_is_fetched_once_into_the_cache(tmp_path, monkeypatch):
+    """A file:// URI goes through the same pyarrow filesystem path as s3:// and gs://."""
+    import training.data as data_mod
+
+    src = tmp_path / "bucket" / "fer"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(src / "fer2013_test.npz", pixels=rng.integers(0, 255, (6, 48, 48), dtype=np.uint8),
+             emotion=np.arange(6, dtype=np.uint8) % 7, usage=np.array([1, 1, 1, 2, 2, 2], np.uint8),
+             row=np.arange(6, dtype=np.int32))
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_mod.storage, "is_remote", lambda p: str(p).startswith("file://"))
+    uri = f"file://{src}"
+    assert data_mod.check_source(uri) == "npz"
+    loaded = data_mod.load_fer(uri)
+    assert len(loaded) == 6 and list(loaded.split("PrivateTest").labels) == [3, 4, 5]
+    assert list((tmp_path / "cache" / "data").rglob("fer2013_test.npz"))
+    with pytest.raises(data_mod.DataError, match="not found"):
+        data_mod.load_fer(f"file://{tmp_path}/nowhere")

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fer_core import storage
 from fer_core.labels import EMOTIONS, class_index
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -86,33 +87,80 @@ def load_fer(path: str | Path, splits: Sequence[str] | None = None) -> FerData:
             raise DataError(f"unknown splits {unknown}; expected some of {', '.join(SPLITS)}")
         if not splits:
             raise DataError(f"no splits asked for; expected some of {', '.join(SPLITS)}")
-    data = _load_any(Path(path), splits)
+    data = _load_any(local_copy(path), splits)
     if splits is None:
         return data
     keep = np.isin(data.usage, [SPLITS.index(s) for s in splits])
     return data if keep.all() else FerData(data.pixels[keep], data.labels[keep], data.usage[keep], data.row[keep])
 
 
-def _load_any(p: Path, splits: Sequence[str] | None) -> FerData:
+def local_copy(path: str | Path) -> Path:
+    """A local path for ``path``: itself, or for a bucket URI (s3://, gs://) a copy in the user cache, fetched
+    once (a file, or every file under a folder) so each Ray Train worker reads the data set from its own disk."""
+    if not storage.is_remote(str(path)):
+        return Path(path)
+    import hashlib
+
+    import pyarrow.fs as pafs
+
+    from fer_core.detect import cache_dir
+
+    uri = str(path).rstrip("/")
+    target = cache_dir() / "data" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    fs, root = storage.resolve(uri)
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"FER-2013 data not found at {uri!r}; pass --data pointing at the npz folder, fer2013.csv or the Kaggle image folder")
+        entries = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        for e in entries:
+            if e.type != pafs.FileType.File:
+                continue
+            rel = Path(e.path).name if info.type == pafs.FileType.File else e.path[len(root.rstrip("/")) + 1 :]
+            local = target / rel
+            if local.is_file() and local.stat().st_size == e.size:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.part")
+            with fs.open_input_stream(e.path) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+            tmp.replace(local)
+    except OSError as e:
+        raise DataError(f"cannot read {uri!r} ({' '.join(str(e).split())}); check the bucket URI and credentials") from e
+    return target / Path(root).name if info.type == pafs.FileType.File else target
+
+
+def _form(p: Path) -> str:
+    """Which supported form ``p`` holds: 'npz', 'csv' (a file or a folder with one) or 'folders'."""
     if not p.exists():
         raise DataError(f"FER-2013 data not found at {str(p)!r}; pass --data pointing at the npz folder, fer2013.csv or the Kaggle image folder")
     if p.is_file():
-        if p.suffix == ".npz":
-            return _load_npz([p], splits)
-        if p.suffix == ".csv":
-            return _load_csv(p)
+        if p.suffix in (".npz", ".csv"):
+            return p.suffix[1:]
         raise DataError(f"expected a .npz, a fer2013.csv or a folder, got {p.name!r}")
-    npz = sorted(p.glob("fer2013*.npz"))
-    if npz:
-        return _load_npz([f for f in npz if f.name != "fer2013.npz"] or npz, splits)
+    if any(p.glob("fer2013*.npz")):
+        return "npz"
     if (p / "fer2013.csv").is_file():
-        return _load_csv(p / "fer2013.csv")
+        return "csv"
     if (p / "train").is_dir():
-        return _load_folders(p)
+        return "folders"
     raise DataError(
         f"{str(p)!r} holds no fer2013*.npz, no fer2013.csv and no train/ image folder; "
         "pass the folder of one of those forms with --data"
     )
+
+
+def _load_any(p: Path, splits: Sequence[str] | None) -> FerData:
+    form = _form(p)
+    if form == "npz":
+        if p.is_file():
+            return _load_npz([p], splits)
+        npz = sorted(p.glob("fer2013*.npz"))
+        return _load_npz([f for f in npz if f.name != "fer2013.npz"] or npz, splits)
+    if form == "csv":
+        return _load_csv(p if p.is_file() else p / "fer2013.csv")
+    return _load_folders(p)
 
 
 def _load_npz(files: list[Path], splits: Sequence[str] | None = None) -> FerData:
@@ -200,7 +248,7 @@ def load_ferplus_votes(path: str | Path, rows: np.ndarray) -> np.ndarray:
     Raises:
         DataError: if the file is missing, has other columns, or the rows are unknown (-1).
     """
-    p = Path(path)
+    p = local_copy(path)
     if not p.is_file():
         raise DataError(f"FERPlus votes not found at {str(p)!r}; pass --ferplus pointing at fer2013new.csv or leave it out")
     if len(rows) and (rows < 0).any():
@@ -245,7 +293,8 @@ def ferplus_majority(votes: np.ndarray) -> np.ndarray:
 
 
 def check_source(path: str | Path) -> str:
-    """Cheaply check that ``path`` holds FER-2013 in a supported form, without reading the pixels.
+    """Check that ``path`` holds FER-2013 in a supported form without reading the pixels (a bucket URI is
+    fetched into the cache first).
 
     Returns:
         'npz', 'csv' or 'folders'.
@@ -253,20 +302,4 @@ def check_source(path: str | Path) -> str:
     Raises:
         DataError: naming the fix.
     """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"FER-2013 data not found at {str(p)!r}; pass --data pointing at the npz folder, fer2013.csv or the Kaggle image folder")
-    if p.is_file():
-        if p.suffix in (".npz", ".csv"):
-            return p.suffix[1:]
-        raise DataError(f"expected a .npz, a fer2013.csv or a folder, got {p.name!r}")
-    if any(p.glob("fer2013*.npz")):
-        return "npz"
-    if (p / "fer2013.csv").is_file():
-        return "csv"
-    if (p / "train").is_dir():
-        return "folders"
-    raise DataError(
-        f"{str(p)!r} holds no fer2013*.npz, no fer2013.csv and no train/ image folder; "
-        "pass the folder of one of those forms with --data"
-    )
+    return _form(local_copy(path))

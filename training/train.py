@@ -81,14 +81,15 @@ def main(
     try:
         cfg = load_config(config, overrides)
         check_source(cfg.data)
-        if cfg.ferplus and not Path(cfg.ferplus).is_file():
+        if cfg.ferplus and not storage.is_remote(cfg.ferplus) and not Path(cfg.ferplus).is_file():
             raise DataError(f"FERPlus votes not found at {cfg.ferplus!r}; fix ferplus in the config or drop it")
     except (ConfigError, DataError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
-    cfg.data = str(Path(cfg.data).resolve())
+    # Workers may run elsewhere in the cluster: local paths become absolute, bucket URIs stay as they are.
+    cfg.data = storage.absolute(cfg.data)
     if cfg.ferplus:
-        cfg.ferplus = str(Path(cfg.ferplus).resolve())
+        cfg.ferplus = storage.absolute(cfg.ferplus)
     try:
         model_dir = run(cfg, out)
     except Exception as e:  # Ray wraps worker errors; show the cause in one line
