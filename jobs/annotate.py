@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -19,14 +18,12 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs._common import fail, make_detector  # noqa: E402
+
 from fer_core.config import AnnotateOptions, OptionError  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -67,21 +64,14 @@ def main(
         raise fail(str(e))
 
     from fer_core.checkpoint import CheckpointError, load_checkpoint
-    from fer_core.detect import DetectorError, create_detector
+    from fer_core.detect import DetectorError
     from fer_core.output import OutputError, OutputStore
     from fer_core.video import InputError, list_inputs
 
     try:
         videos = list_inputs(inputs)
         load_checkpoint(opts.model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            det = create_detector(
-                opts.detector, opts.detector_model, max_side=opts.detect_max_side, min_face_px=opts.min_face_px,
-                **({"score_threshold": opts.score_threshold} if opts.detector != "haar" else {}),
-            )
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
+        det = make_detector(opts)
         OutputStore(out, {}).check_writable()
     except (InputError, CheckpointError, DetectorError, OutputError, ValueError) as e:
         raise fail(str(e))

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs._common import fail, make_detector  # noqa: E402
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # OpenCV's own warnings would bury the one-line error
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -29,10 +30,6 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 CHUNK_FRAMES = 30
 """Frames between writes to a --out file (stdout gets every frame at once)."""
 
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -71,19 +68,12 @@ def main(
         raise fail(str(e))
 
     from fer_core.checkpoint import CheckpointError, load_classifier
-    from fer_core.detect import DetectorError, create_detector
+    from fer_core.detect import DetectorError
     from fer_core.live import FrameAnnotator, LiveSession, Preview, RowWriter
 
     try:
         classifier = load_classifier(opts.model, device={"gpu": "cuda"}.get(opts.device, opts.device))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            det = create_detector(
-                opts.detector, opts.detector_model, max_side=opts.detect_max_side, min_face_px=opts.min_face_px,
-                **({"score_threshold": opts.score_threshold} if opts.detector != "haar" else {}),
-            )
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
+        det = make_detector(opts)
         annotator = FrameAnnotator(det, classifier, video_id=src.video_id, video_path=src.video_path)
         metadata = {"model": classifier.model_id, "detector": det.describe(), "source": src.video_path,
                     "options": {"fps": opts.fps, "max_frames": max_frames}}

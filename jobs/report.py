@@ -17,12 +17,10 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs._common import fail  # noqa: E402
+
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from fer_core.labels import PROB_COLUMNS
 from fer_core.output import Assembler, OutputError, OutputStore
 from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA
-from fer_core.segment import KIND_END, KIND_ERROR, KIND_FACE, KIND_NOFACE, ROW_COLUMNS, SegmentTask, error_batch
+from fer_core.segment import KIND_END, KIND_FACE, KIND_NOFACE, ROW_COLUMNS, SegmentTask, error_batch
 
 
 def test_schema_has_the_contract_columns():
