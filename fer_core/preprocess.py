@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the presets only: the decode + detect + crop stage uses this module's crop geometry
+# in processes that never touch torch, and importing it there costs seconds and memory per worker.
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,16 @@ class EvalPreset:
                 interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
                 resized[i] = cv2.resize(crop, (size, size), interpolation=interp).reshape(size, size, -1)
             crops = resized
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
         return normalize(x, self.spec)
 
 
 def normalize(x: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     """Subtract the spec's mean and divide by its std, per channel, on a (N, C, H, W) tensor in [0, 1]."""
+    import torch
+
     mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
@@ -162,6 +172,9 @@ class TrainPreset:
     erase_area: tuple[float, float] = (0.02, 0.2)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
@@ -200,6 +213,8 @@ class TrainPreset:
 
 def _random_erase(x: torch.Tensor, p: float, area: tuple[float, float], rand) -> torch.Tensor:
     """Zero (the normalised mean) a random rectangle in a share ``p`` of the images, vectorised over the batch."""
+    import torch
+
     n, _, s, _ = x.shape
     frac = area[0] + rand(n) * (area[1] - area[0])
     aspect = torch.exp((rand(n) * 2 - 1) * math.log(3.0))
