@@ -164,6 +164,10 @@ class Classifier:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # oneDNN runs these small convolutions about 1.5x faster in channels-last layout (benchmarks/annotate_throughput.py).
+        self.channels_last = self.device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.model_id = model_id
         self.preset = EvalPreset(meta.preprocessing)
@@ -188,6 +192,8 @@ class Classifier:
         out = np.empty((n, len(self.meta.classes)), dtype=np.float32)
         for start in range(0, n, batch_size):
             x = self.preset(crops[start : start + batch_size]).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             out[start : start + len(x)] = self._probs(x).cpu().numpy()
         return out
 

@@ -121,3 +121,18 @@ def test_cli_help_and_one_line_errors(tiny_checkpoint: Path, tmp_path: Path) -> 
 
     result = runner.invoke(app, [str(tiny_checkpoint), "--onnx", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "nodata")])
     assert result.exit_code == 1 and result.output.strip().startswith("error: FER-2013 data not found")
+
+
+def test_install_sets_serving_tta_and_metrics(tiny_checkpoint, tmp_path):
+    import json
+
+    from fer_core.checkpoint import META_FILE, load_classifier
+    from training.export import install_into_package
+
+    dest = tmp_path / "default"
+    install_into_package(tiny_checkpoint, dest, tta="flip", metrics={"PrivateTest": {"accuracy": 0.5}})
+    meta = json.loads((dest / META_FILE).read_text())
+    assert meta["tta"] == "flip" and meta["metrics"]["PrivateTest"]["accuracy"] == 0.5
+    assert load_classifier(dest).model_id == load_classifier(tiny_checkpoint).model_id
+    with pytest.raises(Exception, match="tta"):
+        install_into_package(tiny_checkpoint, tmp_path / "other", tta="tencrop")

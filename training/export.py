@@ -11,6 +11,7 @@ and returns class probabilities (N, K) with the checkpoint's test-time augmentat
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -26,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer_core.checkpoint import (  # noqa: E402
     META_FILE,
+    TTA_MODES,
     WEIGHTS_FILE,
     CheckpointError,
+    CheckpointMeta,
     Classifier,
     default_model_dir,
     load_checkpoint,
@@ -156,12 +159,20 @@ def export_onnx(
             "max_abs_diff_real": diff_real, "n_real": 0 if faces is None else len(faces)}
 
 
-def install_into_package(model_dir: str | Path, dest: str | Path | None = None) -> str:
+def install_into_package(
+    model_dir: str | Path,
+    dest: str | Path | None = None,
+    *,
+    tta: str | None = None,
+    metrics: dict | None = None,
+) -> str:
     """Copy a checkpoint's weights and JSON into the package's default-model folder after checking it loads.
 
     Args:
         model_dir: checkpoint folder.
         dest: target folder (default: ``fer_core/weights/default``).
+        tta: set the serving test-time augmentation ('none' or 'flip'), a choice made on PublicTest and speed.
+        metrics: measured figures (e.g. evaluate.py's metrics.json) recorded in the checkpoint's JSON.
 
     Returns:
         The installed model's id (name@sha256 prefix).
@@ -179,6 +190,15 @@ def install_into_package(model_dir: str | Path, dest: str | Path | None = None) 
     try:
         for name in (WEIGHTS_FILE, META_FILE):
             shutil.copy2(Path(model_dir) / name, staging / name)
+        if tta is not None or metrics is not None:
+            meta = CheckpointMeta.from_json((staging / META_FILE).read_text(), source=str(model_dir))
+            if tta is not None:
+                if tta not in TTA_MODES:
+                    raise CheckpointError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+                meta.tta = tta
+            if metrics is not None:
+                meta.metrics = {**meta.metrics, **metrics}
+            (staging / META_FILE).write_text(meta.to_json() + "\n")
         installed = load_classifier(staging, device="cpu")
         if installed.model_id != classifier.model_id:
             raise CheckpointError(f"copied checkpoint reads back as {installed.model_id}, expected {classifier.model_id}")
@@ -203,6 +223,10 @@ def main(
     into_package: bool = typer.Option(
         False, "--into-package", help="Install as the shipped default model (fer_core/weights/default)."
     ),
+    tta: Optional[str] = typer.Option(None, "--tta", help="With --into-package: the serving TTA, none or flip (chosen on PublicTest)."),
+    metrics_json: Optional[Path] = typer.Option(
+        None, "--metrics-json", help="With --into-package: evaluate.py's metrics.json, recorded in the checkpoint."
+    ),
 ) -> None:
     """Export to ONNX and/or install as the package's default model."""
     if onnx is None and not into_package:
@@ -219,7 +243,12 @@ def main(
             typer.echo(f"wrote {report['onnx']} (opset {opset}); "
                        f"max |ONNX - PyTorch| random {report['max_abs_diff_random']:.1e}{real}")
         if into_package:
-            model_id = install_into_package(model_dir)
+            metrics = None
+            if metrics_json is not None:
+                if not metrics_json.is_file():
+                    raise ExportError(f"--metrics-json {str(metrics_json)!r} not found; pass evaluate.py's metrics.json")
+                metrics = json.loads(metrics_json.read_text())
+            model_id = install_into_package(model_dir, tta=tta, metrics=metrics)
             typer.echo(f"installed {model_id} into {default_model_dir()}")
     except (CheckpointError, DataError, ExportError) as e:
         typer.echo(f"error: {e}", err=True)
