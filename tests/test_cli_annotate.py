@@ -88,8 +88,8 @@ def test_exit_codes_interrupt_and_resume(tmp_path, videos_dir, yunet_model, tiny
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen([*JOB, str(src), "--out", str(resumed), *common], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((resumed / "videos").glob("*.parquet")):
+    deadline = time.time() + 1200  # generous: a loaded machine can take minutes to start Ray and the first video
+    while time.time() < deadline and proc.poll() is None and not list((resumed / "videos").glob("*.parquet")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
