@@ -42,7 +42,7 @@ class TrainConfig:
     channels: int = 1
     mean: float = 0.5
     std: float = 0.25
-    crop_margin: float = 0.15
+    crop_margin: float = 0.01
     """Margin around detected faces when the annotation job cuts crops; recorded in the checkpoint."""
     epochs: int = 30
     batch_size: int = 128

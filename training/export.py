@@ -11,6 +11,7 @@ and returns class probabilities (N, K) with the checkpoint's test-time augmentat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -165,6 +166,7 @@ def install_into_package(
     *,
     tta: str | None = None,
     metrics: dict | None = None,
+    crop_margin: float | None = None,
 ) -> str:
     """Copy a checkpoint's weights and JSON into the package's default-model folder after checking it loads.
 
@@ -173,6 +175,8 @@ def install_into_package(
         dest: target folder (default: ``fer_core/weights/default``).
         tta: set the serving test-time augmentation ('none' or 'flip'), a choice made on PublicTest and speed.
         metrics: measured figures (e.g. evaluate.py's metrics.json) recorded in the checkpoint's JSON.
+        crop_margin: set the margin the annotation job cuts around detected faces (a serving setting; training
+            data comes cropped), e.g. as measured by benchmarks/fer_framing.py.
 
     Returns:
         The installed model's id (name@sha256 prefix).
@@ -190,7 +194,7 @@ def install_into_package(
     try:
         for name in (WEIGHTS_FILE, META_FILE):
             shutil.copy2(Path(model_dir) / name, staging / name)
-        if tta is not None or metrics is not None:
+        if tta is not None or metrics is not None or crop_margin is not None:
             meta = CheckpointMeta.from_json((staging / META_FILE).read_text(), source=str(model_dir))
             if tta is not None:
                 if tta not in TTA_MODES:
@@ -198,6 +202,8 @@ def install_into_package(
                 meta.tta = tta
             if metrics is not None:
                 meta.metrics = {**meta.metrics, **metrics}
+            if crop_margin is not None:
+                meta.preprocessing = dataclasses.replace(meta.preprocessing, crop_margin=crop_margin)
             (staging / META_FILE).write_text(meta.to_json() + "\n")
         installed = load_classifier(staging, device="cpu")
         if installed.model_id != classifier.model_id:
@@ -224,6 +230,9 @@ def main(
         False, "--into-package", help="Install as the shipped default model (fer_core/weights/default)."
     ),
     tta: Optional[str] = typer.Option(None, "--tta", help="With --into-package: the serving TTA, none or flip (chosen on PublicTest)."),
+    crop_margin: Optional[float] = typer.Option(
+        None, "--crop-margin", help="With --into-package: margin cut around detected faces (benchmarks/fer_framing.py)."
+    ),
     metrics_json: Optional[Path] = typer.Option(
         None, "--metrics-json", help="With --into-package: evaluate.py's metrics.json, recorded in the checkpoint."
     ),
@@ -248,7 +257,7 @@ def main(
                 if not metrics_json.is_file():
                     raise ExportError(f"--metrics-json {str(metrics_json)!r} not found; pass evaluate.py's metrics.json")
                 metrics = json.loads(metrics_json.read_text())
-            model_id = install_into_package(model_dir, tta=tta, metrics=metrics)
+            model_id = install_into_package(model_dir, tta=tta, metrics=metrics, crop_margin=crop_margin)
             typer.echo(f"installed {model_id} into {default_model_dir()}")
     except (CheckpointError, DataError, ExportError) as e:
         typer.echo(f"error: {e}", err=True)
