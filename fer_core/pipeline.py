@@ -189,11 +189,12 @@ def check_labels(opts: AnnotateOptions) -> None:
 
 
 def plan_videos(videos: list[tuple[str, str]], opts: AnnotateOptions) -> list[dict[str, Any]]:
-    """Probe videos in parallel on the cluster; returns segment rows, longest videos first."""
+    """Probe videos in parallel on the cluster (plain Ray tasks, all in flight at once); returns segment rows,
+    longest videos first so the long segments don't finish last."""
     if not videos:
         return []
-    ds = ray.data.from_items([{"video_path": p, "video_id": v} for p, v in videos], override_num_blocks=min(len(videos), 200))
-    rows = ds.flat_map(_plan_row, fn_kwargs={"opts": opts}, num_cpus=0.25).take_all()
+    probe = ray.remote(num_cpus=0.25)(_plan_row)
+    rows = [r for part in ray.get([probe.remote({"video_path": p, "video_id": v}, opts) for p, v in videos]) for r in part]
     rows.sort(key=lambda r: (-(r["duration_s"] if r["duration_s"] == r["duration_s"] else 0.0), r["video_path"], r["segment_index"]))
     return rows
 
@@ -250,6 +251,9 @@ def annotate(
     if not segments:
         summary.wall_s = time.perf_counter() - started
         return summary
+    # Ray Data's per-operator reservations hold back half the CPUs for the classifier stage, which would leave one
+    # decode task running on a 2-CPU machine; the CPU split above already leaves the actors their share.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     ds = ray.data.from_items(segments, override_num_blocks=len(segments))
     ds = ds.map_batches(
         _segment_batches,
