@@ -111,7 +111,8 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("fer_core") / "weights" / "default"))
 
 
-def _resolve(path: str | os.PathLike | None) -> Path:
+def checkpoint_folder(path: str | os.PathLike | None) -> Path:
+    """The checkpoint folder ``path`` names (None = the shipped default), checked to hold both files."""
     if path is None:
         folder = default_model_dir()
         if not (folder / META_FILE).exists():
@@ -137,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Mod
     Returns:
         (model in eval mode on the CPU, its metadata, a short id: name plus the weights' sha256 prefix).
     """
-    folder = _resolve(path)
+    folder = checkpoint_folder(path)
     meta = CheckpointMeta.from_json((folder / META_FILE).read_text(), source=str(folder))
     try:
         model = create_model(

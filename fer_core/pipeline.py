@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from fer_core import __version__
-from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_classifier
+from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, checkpoint_folder, load_checkpoint, load_classifier
 from fer_core.config import AnnotateOptions, parse_labels
 from fer_core.isolate import run_isolated
 from fer_core.labels import PROB_COLUMNS
@@ -131,12 +131,10 @@ def classify_batch(classifier: Any, batch: dict[str, np.ndarray], batch_size: in
 
 def _checkpoint_files(model: str | None) -> tuple[dict[str, bytes], CheckpointMeta, str]:
     """Read the checkpoint once on the driver, so every node gets the same bytes without shared storage."""
-    classifier = load_classifier(model, device="cpu")  # validates the checkpoint before any work
-    from fer_core.checkpoint import _resolve
-
-    folder = _resolve(model)
+    _, meta, model_id = load_checkpoint(model)  # validates the checkpoint before any work
+    folder = checkpoint_folder(model)
     files = {name: (folder / name).read_bytes() for name in (META_FILE, WEIGHTS_FILE)}
-    return files, classifier.meta, classifier.model_id
+    return files, meta, model_id
 
 
 def _plan_resources(opts: AnnotateOptions) -> dict[str, Any]:
