@@ -53,6 +53,21 @@ def test_missing_data_and_bad_set_key_exit_1_with_one_error_line(tmp_path: Path)
     assert not (tmp_path / "debug").exists()  # nothing written before the config is valid
 
 
+def test_init_from_that_does_not_fit_exits_1_before_training(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    missing = _run([*TRAIN, "--out", str(tmp_path), "--set", f"init_from={tmp_path / 'nothing'}"], timeout_s=120)
+    assert missing.returncode == 1, _log(missing)
+    lines = _error_lines(missing)
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint") and "does not exist" in lines[0], _log(missing)
+
+    # tiny_checkpoint is a fer_vgg_tiny: asking for another architecture must be refused.
+    other = _run([*TRAIN, "--out", str(tmp_path), "--set", f"init_from={tiny_checkpoint}", "--set", "model=fer_vgg_small"],
+                 timeout_s=120)
+    assert other.returncode == 1, _log(other)
+    lines = _error_lines(other)
+    assert len(lines) == 1 and "does not match the config (model 'fer_vgg_small' vs 'fer_vgg_tiny')" in lines[0], _log(other)
+    assert not (tmp_path / "debug").exists()
+
+
 # ------------------------------------------------------------------------------------------------ the real run
 
 
@@ -109,6 +124,22 @@ def test_exported_model_is_self_describing(trained_run: TrainedRun) -> None:
     assert meta["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     # The best PublicTest epoch is exported; its config is the one it was trained under (1 or 2 epochs planned).
     assert meta["metrics"]["epoch"] in (0, 1) and meta["train_config"]["epochs"] == meta["metrics"]["epoch"] + 1
+
+
+@pytest.mark.slow
+def test_a_new_run_starts_from_an_exported_model(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """init_from: train an exported model further under a new run name (here one epoch, learning rate ~0)."""
+    from safetensors.numpy import load_file
+
+    source = trained_run.run_dir / "model"
+    warm = _run([*TRAIN, "--out", str(tmp_path), "--set", "name=warm", "--set", f"init_from={source}",
+                 "--set", "lr=1e-9", "--set", "schedule=constant", "--set", "mixup_alpha=0", "--set", "aug_erase_p=0"])
+    assert warm.returncode == 0, _log(warm)
+    assert f"starting from the weights of {source}" in warm.stdout + warm.stderr, _log(warm)
+    before, after = load_file(str(source / "model.safetensors")), load_file(str(tmp_path / "warm" / "model" / "model.safetensors"))
+    # With a learning rate of 1e-9 the convolution weights are the source's (batch-norm statistics still move).
+    convs = [k for k in before if k.endswith("weight") and before[k].ndim == 4]
+    assert convs and all(np.allclose(before[k], after[k], atol=1e-6) for k in convs)
 
 
 @pytest.mark.slow

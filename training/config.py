@@ -38,6 +38,9 @@ class TrainConfig:
     """Registry name (see fer_core.list_models())."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     """Architecture options passed to create_model."""
+    init_from: str | None = None
+    """Start from the weights of this checkpoint folder (same architecture), e.g. to train an exported model longer
+    or fine-tune it on new data; ignored once the run has its own checkpoint to resume from."""
     input_size: int = 48
     channels: int = 1
     mean: float = 0.5

@@ -19,8 +19,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer_core import storage  # noqa: E402
+from fer_core.checkpoint import CheckpointError  # noqa: E402
 from training.config import ConfigError, TrainConfig, load_config, parse_set  # noqa: E402
 from training.data import DataError, check_source  # noqa: E402
+from training.warmstart import check_init_from  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -82,13 +84,17 @@ def main(
         check_source(cfg.data)
         if cfg.ferplus and not storage.is_remote(cfg.ferplus) and not Path(cfg.ferplus).is_file():
             raise DataError(f"FERPlus votes not found at {cfg.ferplus!r}; fix ferplus in the config or drop it")
-    except (ConfigError, DataError) as e:
+        if cfg.init_from:
+            check_init_from(cfg)
+    except (ConfigError, DataError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
     # Workers may run elsewhere in the cluster: local paths become absolute, bucket URIs stay as they are.
     cfg.data = storage.absolute(cfg.data)
     if cfg.ferplus:
         cfg.ferplus = storage.absolute(cfg.ferplus)
+    if cfg.init_from:
+        cfg.init_from = str(Path(cfg.init_from).resolve())
     try:
         model_dir = run(cfg, out)
     except Exception as e:  # Ray wraps worker errors; show the cause in one line

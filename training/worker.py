@@ -114,6 +114,12 @@ def train_worker(config: dict[str, Any]) -> None:
             # Epochs are counted from 1 in the log (as in the per-epoch lines), from 0 in metrics.jsonl.
             print(f"resumed after epoch {start_epoch} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch + 1})",
                   flush=True)
+    elif cfg.init_from:
+        from training.warmstart import load_init_weights
+
+        load_init_weights(model, cfg.init_from)
+        if rank == 0:
+            print(f"starting from the weights of {cfg.init_from}", flush=True)
 
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
