@@ -8,6 +8,7 @@ from typing import Any
 
 DETECTORS = ("auto", "yunet", "haar")
 DECODERS = ("auto", "decord", "pyav")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -43,6 +44,8 @@ class AnnotateOptions:
     """Face crops per classifier batch."""
     device: str = "auto"
     """Where the classifier runs: auto (GPUs when the cluster has them), cpu or gpu."""
+    precision: str = "auto"
+    """Classifier arithmetic: auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32 or bf16."""
     classifier_actors: int = 0
     """Classifier actors (0 = one per GPU, or one per 8 CPUs with at least one on CPU-only clusters)."""
     classifier_cpus: float = 0.5
@@ -62,6 +65,7 @@ class AnnotateOptions:
             (self.detector in DETECTORS, "--detector", f"must be one of {', '.join(DETECTORS)}"),
             (self.decoder in DECODERS, "--decoder", f"must be one of {', '.join(DECODERS)}"),
             (self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}"),
+            (self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}"),
             (self.detect_max_side >= 64, "--detect-max-side", "must be >= 64"),
             (self.min_face_px >= 1, "--min-face-px", "must be >= 1"),
             (0 < self.score_threshold < 1, "--score-threshold", "must be in (0, 1)"),

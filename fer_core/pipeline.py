@@ -22,13 +22,16 @@ import numpy as np
 import ray
 
 from fer_core import __version__
-from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, checkpoint_folder, load_checkpoint, load_classifier
 from fer_core.config import AnnotateOptions, parse_labels
 from fer_core.isolate import run_isolated
 from fer_core.labels import PROB_COLUMNS
 from fer_core.output import Assembler, OutputStore, VideoResult
 from fer_core.preprocess import Preprocessing
 from fer_core.segment import KIND_FACE, SegmentTask, error_batch, one_line, plan_video, process_segment
+
+# Nothing here imports torch at module level: every Ray worker that runs a planning or decode task imports this
+# module to unpickle its function, and torch (with its CUDA libraries) costs seconds of CPU per worker process.
+# Only the driver and the classifier actors load fer_core.checkpoint.
 
 log = logging.getLogger("fer_core.pipeline")
 
@@ -101,15 +104,19 @@ def _segment_batches(
 class ClassifyCrops:
     """Ray Data actor: loads the classifier once, adds one probability column per class, drops the crops."""
 
-    def __init__(self, checkpoint_files: dict[str, bytes], device: str, threads: int, batch_size: int) -> None:
+    def __init__(
+        self, checkpoint_files: dict[str, bytes], device: str, threads: int, batch_size: int, precision: str = "auto"
+    ) -> None:
         import torch
+
+        from fer_core.checkpoint import load_classifier
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         folder = Path(tempfile.mkdtemp(prefix="fer-model-"))
         for name, data in checkpoint_files.items():
             (folder / name).write_bytes(data)
-        self.classifier = load_classifier(folder, device="cuda" if device == "gpu" else "cpu")
+        self.classifier = load_classifier(folder, device="cuda" if device == "gpu" else "cpu", precision=precision)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,8 +136,12 @@ def classify_batch(classifier: Any, batch: dict[str, np.ndarray], batch_size: in
     return out
 
 
-def _checkpoint_files(model: str | None) -> tuple[dict[str, bytes], CheckpointMeta, str]:
-    """Read the checkpoint once on the driver, so every node gets the same bytes without shared storage."""
+def _checkpoint_files(model: str | None) -> tuple[dict[str, bytes], Any, str]:
+    """Read the checkpoint once on the driver, so every node gets the same bytes without shared storage.
+
+    Returns the files, the checkpoint's :class:`fer_core.checkpoint.CheckpointMeta` and the model id."""
+    from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_folder, load_checkpoint
+
     _, meta, model_id = load_checkpoint(model)  # validates the checkpoint before any work
     folder = checkpoint_folder(model)
     files = {name: (folder / name).read_bytes() for name in (META_FILE, WEIGHTS_FILE)}
@@ -191,7 +202,7 @@ def plan_videos(videos: list[tuple[str, str]], opts: AnnotateOptions) -> list[di
     longest videos first so the long segments don't finish last."""
     if not videos:
         return []
-    probe = ray.remote(num_cpus=0.25)(_plan_row)
+    probe = ray.remote(num_cpus=1)(_plan_row)
     rows = [r for part in ray.get([probe.remote({"video_path": p, "video_id": v}, opts) for p, v in videos]) for r in part]
     rows.sort(key=lambda r: (-(r["duration_s"] if r["duration_s"] == r["duration_s"] else 0.0), r["video_path"], r["segment_index"]))
     return rows
@@ -273,6 +284,7 @@ def annotate(
             "device": resources["device"],
             "threads": resources["actor_threads"],
             "batch_size": opts.batch_size,
+            "precision": opts.precision,
         },
     )
     assembler = Assembler(

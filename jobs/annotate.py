@@ -42,6 +42,7 @@ def main(
     model: Optional[str] = typer.Option(None, help="Classifier checkpoint folder (default: the model shipped with the package)."),
     batch_size: int = typer.Option(256, help="Face crops per classifier batch."),
     device: str = typer.Option("auto", help="Classifier device: auto (GPU when the cluster has one), cpu or gpu."),
+    precision: str = typer.Option("auto", help="Classifier arithmetic: auto (bf16 on GPUs and CPUs with native bf16), fp32 or bf16."),
     classifier_actors: int = typer.Option(0, help="Classifier actors (0 = one per GPU, or one per 8 CPUs)."),
     classifier_cpus: float = typer.Option(0.5, help="CPUs reserved by each CPU classifier actor."),
     decode_label: list[str] = typer.Option([], help="Run decode tasks only on nodes with this Ray label KEY=VALUE (repeatable)."),
@@ -56,7 +57,7 @@ def main(
         opts = AnnotateOptions(
             fps=fps, detector=detector, detector_model=detector_model, detect_max_side=detect_max_side,
             min_face_px=min_face_px, score_threshold=score_threshold, decoder=decoder, segment_s=segment_s,
-            segment_timeout_s=segment_timeout_s, model=model, batch_size=batch_size, device=device,
+            segment_timeout_s=segment_timeout_s, model=model, batch_size=batch_size, device=device, precision=precision,
             classifier_actors=classifier_actors, classifier_cpus=classifier_cpus,
             decode_labels=tuple(decode_label), classify_labels=tuple(classify_label),
         )

@@ -89,7 +89,7 @@ def test_predict_proba_rows_sum_to_one_for_any_crop_form(saved: tuple[Path, torc
 
 def test_flip_tta_averages_the_mirror(saved: tuple[Path, torch.nn.Module]) -> None:
     folder, model = saved
-    clf = load_classifier(folder, device="cpu")
+    clf = load_classifier(folder, device="cpu", precision="fp32")
     faces = _faces(3)
     x = clf.preset(faces)
     with torch.no_grad():
@@ -154,3 +154,26 @@ def test_shipped_default_model_loads_when_present(tmp_path: Path, monkeypatch) -
     else:
         with pytest.raises(CheckpointError, match="pass a checkpoint folder"):
             load_classifier(None)
+
+
+def test_precision_auto_is_bf16_exactly_where_the_cpu_has_it(saved: tuple[Path, torch.nn.Module]) -> None:
+    folder, _ = saved
+    assert load_classifier(folder, device="cpu", precision="fp32").precision == "fp32"
+    auto = load_classifier(folder, device="cpu").precision
+    assert auto == ("bf16" if checkpoint.cpu_has_native_bf16() else "fp32")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        load_classifier(folder, device="cpu", precision="fp16")
+
+
+def test_shipped_model_gives_the_same_answers_in_bf16_and_fp32(fer_data_dir: Path) -> None:
+    """bf16 is the CPU default where the hardware has it: it must not change what the model says on real faces."""
+    if not (checkpoint.default_model_dir() / META_FILE).is_file():
+        pytest.skip("no shipped model in this install")
+    from training.data import load_fer
+
+    faces = load_fer(fer_data_dir, splits=["PublicTest"]).split("PublicTest").pixels[:256]
+    fp32 = load_classifier(None, device="cpu", precision="fp32").predict_proba(faces)
+    bf16 = load_classifier(None, device="cpu", precision="bf16").predict_proba(faces)
+    np.testing.assert_allclose(bf16.sum(1), 1.0, atol=1e-5)
+    assert np.abs(bf16 - fp32).max() < 0.03
+    assert (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.98

@@ -45,6 +45,7 @@ def test_help():
         (["{video}", "--detector", "mtcnn"], "--detector must be one of"),
         (["{video}", "--decoder", "opencv"], "--decoder must be one of"),
         (["{video}", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["{video}", "--precision", "fp16"], "--precision must be one of auto, fp32, bf16"),
         (["{video}", "--out", "{file}/sub"], "not writable"),
         (["{video}", "--model", "/no/such/model"], "does not exist"),
         (["{video}", "--detector", "yunet", "--detector-model", "/no/such.onnx"], "not found"),

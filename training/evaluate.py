@@ -25,6 +25,7 @@ import typer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer_core.checkpoint import CheckpointError, Classifier, load_checkpoint, load_classifier  # noqa: E402
+from fer_core.config import PRECISIONS  # noqa: E402
 from training.data import SPLITS, DataError, FerData, ferplus_majority, load_fer, load_ferplus_votes  # noqa: E402
 from training.metrics import classification_report  # noqa: E402
 
@@ -66,7 +67,7 @@ def predict_proba_tta(classifier: Classifier, faces: np.ndarray, tta: str, batch
         raise EvaluationError(f"tta must be one of none, flip, tencrop; got {tta!r}")
     mode = "flip" if tta == "tencrop" else tta
     clf = Classifier(classifier.model, dataclasses.replace(classifier.meta, tta=mode), classifier.model_id,
-                     device=str(classifier.device))
+                     device=str(classifier.device), precision=classifier.precision)
     if tta != "tencrop":
         return clf.predict_proba(faces, batch_size=batch_size)
     total = np.zeros((len(faces), len(clf.classes)), dtype=np.float64)
@@ -76,7 +77,9 @@ def predict_proba_tta(classifier: Classifier, faces: np.ndarray, tta: str, batch
     return (total / len(windows)).astype(np.float32)
 
 
-def cpu_throughput(model_dir: str | Path, faces: np.ndarray, *, batch_size: int = 64, seconds: float = 2.0) -> dict:
+def cpu_throughput(
+    model_dir: str | Path, faces: np.ndarray, *, batch_size: int = 64, seconds: float = 2.0, precision: str = "auto"
+) -> dict:
     """Faces per second through ``predict_proba`` on one CPU thread, with the checkpoint's own TTA.
 
     Args:
@@ -84,6 +87,7 @@ def cpu_throughput(model_dir: str | Path, faces: np.ndarray, *, batch_size: int 
         faces: uint8 faces to classify (tiled to one batch if fewer).
         batch_size: faces per call, as the annotation job's classifier batches.
         seconds: measure for at least this long (after one warm-up batch).
+        precision: as :func:`fer_core.load_classifier` takes it (auto = what the annotation job uses on this CPU).
     """
     import torch
 
@@ -93,7 +97,7 @@ def cpu_throughput(model_dir: str | Path, faces: np.ndarray, *, batch_size: int 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        clf = load_classifier(model_dir, device="cpu")
+        clf = load_classifier(model_dir, device="cpu", precision=precision)
         clf.predict_proba(batch, batch_size=batch_size)
         done, start = 0, time.perf_counter()
         while True:
@@ -110,6 +114,7 @@ def cpu_throughput(model_dir: str | Path, faces: np.ndarray, *, batch_size: int 
         "threads": 1,
         "device": "cpu",
         "tta": clf.meta.tta,
+        "precision": clf.precision,
         "input": f"{faces.shape[1]}x{faces.shape[2]} uint8",
         "faces": done,
         "seconds": elapsed,
@@ -316,6 +321,7 @@ def evaluate(
     metrics_file: str | Path | None = None,
     limit: int = 0,
     device: str = "auto",
+    precision: str = "auto",
     throughput_seconds: float = 2.0,
     figures: bool = True,
 ) -> dict[str, Any]:
@@ -332,6 +338,8 @@ def evaluate(
             ``model_dir`` (``train.py`` writes ``OUT/<name>/metrics.jsonl`` beside ``OUT/<name>/model``).
         limit: evaluate at most this many faces per split (0 = all), for smoke runs.
         device: 'auto', 'cpu' or 'cuda' for the accuracy pass (throughput is always one CPU thread).
+        precision: 'auto' (as the annotation job: bf16 on GPUs and CPUs with native bf16), 'fp32' or 'bf16'; used
+            for the accuracy pass and the throughput alike.
         throughput_seconds: how long to measure CPU throughput (0 = skip).
         figures: draw the PNGs (off: numbers only, faster).
 
@@ -351,6 +359,8 @@ def evaluate(
         raise EvaluationError(f"--limit must be >= 0, got {limit}")
     if device not in ("auto", "cpu", "cuda"):
         raise EvaluationError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if precision not in PRECISIONS:
+        raise EvaluationError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if device == "cuda":
         import torch
 
@@ -359,7 +369,7 @@ def evaluate(
     if ferplus is not None and not Path(ferplus).is_file():
         raise DataError(f"FERPlus votes not found at {str(ferplus)!r}; pass --ferplus pointing at fer2013new.csv or leave it out")
     model, meta, model_id = load_checkpoint(model_dir)
-    classifier = Classifier(model, meta, model_id, device=device)
+    classifier = Classifier(model, meta, model_id, device=device, precision=precision)
     effective_tta = meta.tta if tta == "checkpoint" else tta
     if metrics_file is None:
         candidate = Path(model_dir).parent / "metrics.jsonl"
@@ -377,6 +387,8 @@ def evaluate(
         "ferplus": str(ferplus) if ferplus is not None else None,
         "tta": effective_tta,
         "tta_option": tta,
+        "precision": classifier.precision,
+        "device": str(classifier.device),
         "ece_bins": ECE_BINS,
         "limit": limit,
         "splits": {},
@@ -398,7 +410,7 @@ def evaluate(
             result["training"]["figure"] = "training_curves.png"
     if throughput_seconds > 0:
         faces = dataset.split(splits[0]).pixels[:256]
-        result["throughput"] = cpu_throughput(model_dir, faces, seconds=throughput_seconds)
+        result["throughput"] = cpu_throughput(model_dir, faces, seconds=throughput_seconds, precision=precision)
     (out / METRICS_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -408,13 +420,14 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for split, r in result["splits"].items():
         line = (f"{split}: accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  ECE {r['ece']:.4f}  "
-                f"(n={r['n']}, tta={result['tta']})")
+                f"(n={r['n']}, tta={result['tta']}, {result.get('precision', 'fp32')})")
         if "ferplus" in r:
             line += f"  FERPlus-majority accuracy {r['ferplus']['accuracy']:.4f} (n={r['ferplus']['n']})"
         lines.append(line)
     if "throughput" in result:
         t = result["throughput"]
-        lines.append(f"CPU throughput: {t['faces_per_s']:.0f} faces/s (1 thread, batch {t['batch_size']}, tta={t['tta']})")
+        lines.append(f"CPU throughput: {t['faces_per_s']:.0f} faces/s (1 thread, batch {t['batch_size']}, tta={t['tta']}, "
+                     f"{t.get('precision', 'fp32')})")
     return lines
 
 
@@ -434,6 +447,7 @@ def main(
     ),
     limit: int = typer.Option(0, "--limit", help="At most this many faces per split (0 = all); for smoke runs."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda for the accuracy pass."),
+    precision: str = typer.Option("auto", "--precision", help="auto (as the annotation job) | fp32 | bf16."),
     throughput_seconds: float = typer.Option(2.0, "--throughput-seconds", help="CPU throughput measurement time (0 = skip)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the PNG figures."),
 ) -> None:
@@ -441,7 +455,8 @@ def main(
     try:
         result = evaluate(
             model_dir, data, out, ferplus=ferplus, tta=tta, splits=[s.strip() for s in splits.split(",") if s.strip()],
-            metrics_file=metrics_file, limit=limit, device=device, throughput_seconds=throughput_seconds,
+            metrics_file=metrics_file, limit=limit, device=device, precision=precision,
+            throughput_seconds=throughput_seconds,
             figures=figures,
         )
     except (EvaluationError, DataError, CheckpointError) as e:
