@@ -31,7 +31,7 @@ ROW_COLUMNS = (
 )
 FACT_COLUMNS = ("duration_s", "fps", "width", "height", "decoder")
 
-CHUNK_FRAMES = 256
+CHUNK_FRAMES = 32
 """Sampled frames per emitted batch: bounds memory and keeps the classifier fed."""
 
 
