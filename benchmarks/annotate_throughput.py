@@ -5,7 +5,8 @@
 Prints frames/s for (1) decode only, (2) decode + face detection only (same detector settings, every core, the
 same segments as the job), (3) the whole job through Ray (decode, detect, crop, classify, track, write), and the
 ratio whole / decode+detect; then the classifier's faces/s on the CPU (one thread and every thread, batch 64) and
-on the GPU when there is one. Absolute numbers drift on shared machines: compare the ratio.
+on the GPU when there is one; on the CPU in float32 and in the job's default precision (bf16 where the CPU has it).
+Absolute numbers drift on shared machines: compare the ratio.
 """
 
 from __future__ import annotations
@@ -102,20 +103,25 @@ def main(
         wall = time.perf_counter() - started
     ray.shutdown()
     res["job_fps"] = summary.frames / wall
+    res["job_seconds"] = wall
     res["ratio_job_to_decode_detect"] = res["job_fps"] / res["decode_detect_fps"]
     print(f"whole job              {summary.frames / wall:8.1f} frames/s  ({summary.faces} faces, {wall:.1f} s incl. planning and actor start)")
     print(f"ratio whole / decode+detect  {res['ratio_job_to_decode_detect']:.2f}")
 
-    clf = load_classifier(model, device="cpu")
     crops = np.random.default_rng(0).integers(0, 256, (1024, 48, 48), dtype=np.uint8)
-    for threads in sorted({1, workers}):
-        torch.set_num_threads(threads)
-        clf.predict_proba(crops[:64], batch_size=64)
-        started = time.perf_counter()
-        clf.predict_proba(crops, batch_size=64)
-        rate = len(crops) / (time.perf_counter() - started)
-        res[f"classifier_cpu_{threads}t_faces_per_s"] = rate
-        print(f"classifier CPU {threads} thread(s), batch 64: {rate:8.1f} faces/s ({clf.model_id}, tta={clf.meta.tta})")
+    from fer_core.checkpoint import cpu_has_native_bf16
+
+    for precision in ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",):
+        clf = load_classifier(model, device="cpu", precision=precision)
+        for threads in sorted({1, workers}):
+            torch.set_num_threads(threads)
+            clf.predict_proba(crops[:64], batch_size=64)
+            started = time.perf_counter()
+            clf.predict_proba(crops, batch_size=64)
+            rate = len(crops) / (time.perf_counter() - started)
+            res[f"classifier_cpu_{clf.precision}_{threads}t_faces_per_s"] = rate
+            print(f"classifier CPU {clf.precision} {threads} thread(s), batch 64: {rate:8.1f} faces/s "
+                  f"({clf.model_id}, tta={clf.meta.tta})", flush=True)
     if torch.cuda.is_available():
         gpu = load_classifier(model, device="cuda")
         big = np.repeat(crops, 16, axis=0)
