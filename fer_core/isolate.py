@@ -52,7 +52,8 @@ def _context() -> Any:
     global _CONTEXT  # one forkserver per process, started on first use
     if _CONTEXT is None:
         _CONTEXT = mp.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["numpy", "cv2", "fer_core.segment"])
+        # Every segment forks a fresh child: preload what process_segment needs, so no child imports it again.
+        _CONTEXT.set_forkserver_preload(["numpy", "cv2", "fer_core.segment", "fer_core.video", "fer_core.detect", "decord"])
     return _CONTEXT
 
 
