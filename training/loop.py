@@ -161,7 +161,8 @@ def train_one_epoch(
     """One epoch over in-memory uint8 images (N, C, S, S) and (N, C) target probabilities.
 
     Every worker sees the same permutation (seeded by epoch) and takes its own stride of it, so the workers
-    cover the data once per epoch and run equally many steps (a DDP requirement).
+    cover the data once per epoch and run equally many steps (a DDP requirement). Under DDP the returned loss,
+    accuracy and image count are summed over all workers.
     """
     model.train()
     rng = np.random.default_rng(cfg.seed * 1000 + epoch * world_size + rank)
@@ -185,7 +186,12 @@ def train_one_epoch(
         total_loss += loss.item() * len(x)
         correct += int((logits.argmax(1) == hard).sum())
         seen += len(x)
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Loss, accuracy and images over every worker's share of the epoch, not rank 0's alone.
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        total_loss, correct, seen = totals.tolist()
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
 
 
 @torch.inference_mode()

@@ -148,7 +148,7 @@ def train_worker(config: dict[str, Any]) -> None:
             "epoch": epoch,
             "train_loss": stats.loss,
             "train_accuracy": stats.accuracy,
-            "train_images_per_s": stats.images_per_s * world,
+            "train_images_per_s": stats.images_per_s,
             "epoch_seconds": stats.seconds,
             "eval_seconds": time.perf_counter() - t0,
             "public_accuracy": acc,
@@ -164,7 +164,7 @@ def train_worker(config: dict[str, Any]) -> None:
             print(
                 f"epoch {epoch + 1}/{cfg.epochs} loss {stats.loss:.4f} train_acc {stats.accuracy:.4f} "
                 f"public_acc {acc:.4f} (flip {acc_flip:.4f}) best {best_acc:.4f}@{best_epoch + 1} "
-                f"{stats.images_per_s * world:.0f} img/s {stats.seconds:.0f}s",
+                f"{stats.images_per_s:.0f} img/s {stats.seconds:.0f}s",
                 flush=True,
             )
         checkpoint = None
