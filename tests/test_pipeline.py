@@ -207,3 +207,17 @@ def test_overwrite_starts_fresh(segmented_run, inputs, detector, tiny_checkpoint
     summary = _run([inputs["posed_happy.mp4"]], tmp_path, opts, detector, overwrite=True)
     assert summary.skipped == 0 and len(summary.results) == 1
     pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "faces"))
+
+
+def test_decode_workers_do_not_import_torch() -> None:
+    """Every Ray worker that plans or decodes imports fer_core.pipeline to unpickle its function; torch there cost
+    seconds of CPU per worker process (about 30 CPU-seconds a run on 2 cores). Only the classifier needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fer_core.pipeline, fer_core.segment, fer_core.isolate, fer_core.video, fer_core.detect; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
