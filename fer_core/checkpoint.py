@@ -7,6 +7,7 @@ reported metrics used, the metrics and the training config. Loading never unpick
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -158,6 +159,7 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Mod
     return model, meta, f"{meta.name or meta.arch}@{sha}"
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN runs bf16 convolutions about
     twice as fast as float32; elsewhere bf16 is emulated and slower."""

@@ -142,8 +142,8 @@ def _checkpoint_files(model: str | None) -> tuple[dict[str, bytes], Any, str]:
     Returns the files, the checkpoint's :class:`fer_core.checkpoint.CheckpointMeta` and the model id."""
     from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_folder, load_checkpoint
 
-    _, meta, model_id = load_checkpoint(model)  # validates the checkpoint before any work
     folder = checkpoint_folder(model)
+    _, meta, model_id = load_checkpoint(folder)  # validates the checkpoint before any work
     files = {name: (folder / name).read_bytes() for name in (META_FILE, WEIGHTS_FILE)}
     return files, meta, model_id
 

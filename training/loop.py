@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fer_core.checkpoint import CheckpointMeta
+from fer_core.labels import EMOTIONS
 from fer_core.preprocess import EvalPreset, Preprocessing, TrainPreset
 from training.config import TrainConfig
 
@@ -23,6 +26,23 @@ def preprocessing_of(cfg: TrainConfig) -> Preprocessing:
         mean=(cfg.mean,) * cfg.channels,
         std=(cfg.std,) * cfg.channels,
         crop_margin=cfg.crop_margin,
+    )
+
+
+def checkpoint_meta_of(cfg: TrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
+    """The self-describing checkpoint record of a model trained under ``cfg``, with ``metrics``."""
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.model == "seed_cnn":
+        kwargs.setdefault("input_size", cfg.input_size)
+    return CheckpointMeta(
+        arch=cfg.model,
+        arch_kwargs=kwargs,
+        classes=list(EMOTIONS),
+        preprocessing=preprocessing_of(cfg),
+        tta=cfg.tta,
+        metrics=metrics,
+        train_config=cfg.to_dict(),
+        name=cfg.model_name or cfg.name,
     )
 
 

@@ -18,13 +18,12 @@ from training.config import TrainConfig
 
 def check_init_from(cfg: TrainConfig) -> CheckpointMeta:
     """Check that ``cfg.init_from`` is a checkpoint the configured model can start from; returns its metadata."""
-    from training.loop import preprocessing_of
-    from training.worker import _meta
+    from training.loop import checkpoint_meta_of
 
     folder = checkpoint_folder(cfg.init_from)
     meta = CheckpointMeta.from_json((folder / META_FILE).read_text(), source=str(folder))
-    want = _meta(cfg, {})
-    ours, theirs = preprocessing_of(cfg), meta.preprocessing
+    want = checkpoint_meta_of(cfg, {})
+    ours, theirs = want.preprocessing, meta.preprocessing
     mismatches = [
         f"{what} {mine!r} vs {other!r}"
         for what, mine, other in (

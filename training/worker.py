@@ -13,12 +13,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fer_core.checkpoint import WEIGHTS_FILE, CheckpointMeta, save_checkpoint
+from fer_core.checkpoint import WEIGHTS_FILE, save_checkpoint
 from fer_core.labels import EMOTIONS
 from fer_core.models import create_model
 from training.config import TrainConfig
 from training.data import FerData, ferplus_soft_targets, load_fer, load_ferplus_votes
-from training.loop import Schedule, build_optimizer, predict_logits, preprocessing_of, train_one_epoch, train_preset_of
+from training.loop import (
+    Schedule,
+    build_optimizer,
+    checkpoint_meta_of,
+    predict_logits,
+    preprocessing_of,
+    train_one_epoch,
+    train_preset_of,
+)
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "metrics.jsonl"
@@ -42,22 +50,6 @@ def make_targets(data: FerData, cfg: TrainConfig) -> torch.Tensor:
         has_votes = soft.sum(1) > 0
         onehot[has_votes] = soft[has_votes]
     return torch.from_numpy(onehot)
-
-
-def _meta(cfg: TrainConfig, metrics: dict[str, Any]) -> CheckpointMeta:
-    kwargs = dict(cfg.model_kwargs)
-    if cfg.model == "seed_cnn":
-        kwargs.setdefault("input_size", cfg.input_size)
-    return CheckpointMeta(
-        arch=cfg.model,
-        arch_kwargs=kwargs,
-        classes=list(EMOTIONS),
-        preprocessing=preprocessing_of(cfg),
-        tta=cfg.tta,
-        metrics=metrics,
-        train_config=cfg.to_dict(),
-        name=cfg.model_name or cfg.name,
-    )
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -87,7 +79,7 @@ def train_worker(config: dict[str, Any]) -> None:
         w = counts.sum() / np.maximum(counts, 1) / len(EMOTIONS)
         class_weight = torch.from_numpy(w).to(device)
 
-    kwargs = _meta(cfg, {}).arch_kwargs
+    kwargs = checkpoint_meta_of(cfg, {}).arch_kwargs
     model = create_model(cfg.model, num_classes=len(EMOTIONS), in_channels=cfg.channels, **kwargs)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # oneDNN convolutions: see benchmarks/train_throughput.py
@@ -171,9 +163,9 @@ def train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="fer-ckpt-") as tmp:
             if rank == 0:
                 current = {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}
-                save_checkpoint(Path(tmp) / "model", core, _meta(cfg, current))
+                save_checkpoint(Path(tmp) / "model", core, checkpoint_meta_of(cfg, current))
                 if improved:
-                    save_checkpoint(best_dir, core, _meta(cfg, {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}))
+                    save_checkpoint(best_dir, core, checkpoint_meta_of(cfg, {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}))
                 shutil.copytree(best_dir, Path(tmp) / "best")
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
