@@ -183,6 +183,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
 
 
+def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Folds every BatchNorm into the convolution before it (torch.fx), for inference only: the same function up to
+    float rounding, with one pass over memory less per layer. Measured on the shipped model, one CPU thread,
+    ``predict_proba`` at batch 64, median of 3: float32 346 -> 362 faces/s, bf16 759 -> 803 (the convolutions alone
+    gain 17-18%). A model fx cannot trace is returned unchanged."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval())
+    except Exception:  # noqa: BLE001 - any tracing failure means serving the model as it is
+        return model
+
+
 class Classifier:
     """A loaded emotion classifier: ``classes`` and ``predict_proba(crops)``."""
 
@@ -195,7 +208,7 @@ class Classifier:
         # bf16 autocast: on GPUs, and on CPUs with native bf16 (measured: 2.1x the float32 faces/s on an AVX512-BF16
         # core, probabilities within 0.002; benchmarks/annotate_throughput.py, training/evaluate.py --precision).
         self.precision = resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
+        self.model = fuse_for_inference(model.to(self.device).eval())
         # oneDNN runs these small convolutions about 1.5x faster in channels-last layout (benchmarks/annotate_throughput.py).
         self.channels_last = self.device.type == "cpu"
         if self.channels_last:

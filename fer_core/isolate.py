@@ -4,11 +4,17 @@ segment instead of the job.
 decord can hang while holding the GIL and a damaged file can crash FFmpeg outright; neither can be stopped
 from a Python thread in the same process. The child is forked from a forkserver (never from the caller, which
 may be a multi-threaded Ray worker) and streams its items back through a pipe.
+
+The child is reused: each calling thread keeps one child that runs call after call, and only a child that timed
+out, crashed or was abandoned mid-stream is killed and replaced. A fresh child costs about half a CPU-second,
+because multiprocessing re-imports the caller's main module in it (in a Ray worker that is Ray itself), which is
+more than one short segment's decoding.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -34,15 +40,19 @@ class IsolatedError(RuntimeError):
         self.type_name = type_name
 
 
-def _child(conn: Any, fn: Callable[..., Iterator[Any]], args: tuple, kwargs: dict) -> None:
-    try:
-        for item in fn(*args, **kwargs):
-            conn.send(item)
-        conn.send((_DONE, None, None))
-    except BaseException as e:  # report everything, including KeyboardInterrupt, to the parent
-        conn.send((_ERROR, type(e).__name__, str(e) or traceback.format_exc(limit=1).strip()))
-    finally:
-        conn.close()
+def _serve(conn: Any) -> None:
+    """The child's loop: run each (fn, args, kwargs) received, stream its items, end with DONE or ERROR."""
+    while True:
+        try:
+            fn, args, kwargs = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died: nothing more to do
+            return
+        try:
+            for item in fn(*args, **kwargs):
+                conn.send(item)
+            conn.send((_DONE, None, None))
+        except BaseException as e:  # report everything, including KeyboardInterrupt, to the parent
+            conn.send((_ERROR, type(e).__name__, str(e) or traceback.format_exc(limit=1).strip()))
 
 
 _CONTEXT: Any = None
@@ -52,48 +62,93 @@ def _context() -> Any:
     global _CONTEXT  # one forkserver per process, started on first use
     if _CONTEXT is None:
         _CONTEXT = mp.get_context("forkserver")
-        # Every segment forks a fresh child: preload what process_segment needs, so no child imports it again.
+        # Preload what process_segment needs, so no child imports it again.
         _CONTEXT.set_forkserver_preload(["numpy", "cv2", "fer_core.segment", "fer_core.video", "fer_core.detect", "decord"])
     return _CONTEXT
+
+
+class _Child:
+    """One child process serving calls over a duplex pipe."""
+
+    def __init__(self) -> None:
+        ctx = _context()
+        self.conn, child_end = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_serve, args=(child_end,), daemon=True)
+        self.proc.start()
+        child_end.close()
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+_LOCAL = threading.local()
+
+
+def _child() -> _Child:
+    child = getattr(_LOCAL, "child", None)
+    if child is None or not child.alive():
+        child = _LOCAL.child = _Child()
+    return child
+
+
+def _discard_child() -> None:
+    child = getattr(_LOCAL, "child", None)
+    _LOCAL.child = None
+    if child is not None:
+        child.kill()
+
+
+def child_pid() -> int | None:
+    """The pid of this thread's child process, if one is running (for tests and diagnostics)."""
+    child = getattr(_LOCAL, "child", None)
+    return child.proc.pid if child is not None and child.alive() else None
 
 
 def run_isolated(
     fn: Callable[..., Iterator[Any]], *args: Any, timeout_s: float, **kwargs: Any
 ) -> Iterator[Any]:
-    """Yield what ``fn(*args, **kwargs)`` yields, computed in a child process.
+    """Yield what ``fn(*args, **kwargs)`` yields, computed in this thread's child process.
+
+    ``fn`` and its arguments must be picklable by reference (module-level functions).
 
     Raises:
         IsolatedTimeout: when the whole run takes longer than ``timeout_s``.
         IsolatedCrash: when the child exits without finishing.
-        IsolatedError: when ``fn`` raises.
+        IsolatedError: when ``fn`` raises (the child lives on).
     """
-    ctx = _context()
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs), daemon=True)
-    proc.start()
-    child.close()
+    child = _child()
     deadline = time.monotonic() + timeout_s
+    finished = False
     try:
+        try:
+            child.conn.send((fn, args, kwargs))
+        except (BrokenPipeError, OSError):
+            raise IsolatedCrash(f"decoder process died (exit code {child.proc.exitcode})") from None
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not parent.poll(min(left, 1.0)):
+            if left <= 0 or not child.conn.poll(min(left, 1.0)):
                 if left <= 0:
                     raise IsolatedTimeout(f"timed out after {timeout_s:g} s (decoder hung or the segment is too long; raise --segment-timeout-s or lower --segment-s)")
-                if not proc.is_alive() and not parent.poll(0):
-                    raise IsolatedCrash(f"decoder process died (exit code {proc.exitcode})")
+                if not child.alive() and not child.conn.poll(0):
+                    raise IsolatedCrash(f"decoder process died (exit code {child.proc.exitcode})")
                 continue
             try:
-                item = parent.recv()
+                item = child.conn.recv()
             except EOFError:
-                proc.join(5)
-                raise IsolatedCrash(f"decoder process died (exit code {proc.exitcode})") from None
+                child.proc.join(5)
+                raise IsolatedCrash(f"decoder process died (exit code {child.proc.exitcode})") from None
             if isinstance(item, tuple) and len(item) == 3 and item[0] in (_DONE, _ERROR):
+                finished = True
                 if item[0] == _ERROR:
                     raise IsolatedError(item[2], item[1])
                 return
             yield item
     finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        parent.close()
+        if not finished:  # timed out, crashed, or the caller stopped reading mid-stream: the child can't be reused
+            _discard_child()

@@ -24,3 +24,7 @@ def hang():
 def crash():
     yield "started"
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def pid():
+    yield os.getpid()

@@ -177,3 +177,30 @@ def test_shipped_model_gives_the_same_answers_in_bf16_and_fp32(fer_data_dir: Pat
     np.testing.assert_allclose(bf16.sum(1), 1.0, atol=1e-5)
     assert np.abs(bf16 - fp32).max() < 0.03
     assert (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.98
+
+
+def test_classifier_folds_batchnorm_without_changing_answers(saved: tuple[Path, torch.nn.Module]) -> None:
+    folder, original = saved
+    clf = load_classifier(folder, device="cpu", precision="fp32")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in original.modules())
+    faces = _faces(16)
+    x = clf.preset(faces)
+    with torch.no_grad():
+        unfused = torch.softmax(original.eval()(x), 1)
+        unfused = (unfused + torch.softmax(original(torch.flip(x, dims=[3])), 1)) / 2  # the checkpoint's flip TTA
+    np.testing.assert_allclose(clf.predict_proba(faces), unfused.numpy(), atol=1e-5)
+
+
+def test_a_model_fx_cannot_trace_is_served_unfused() -> None:
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y  # control flow on a tensor value: fx cannot trace it
+
+    model = DataDependent().eval()
+    assert checkpoint.fuse_for_inference(model) is model

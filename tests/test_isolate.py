@@ -10,8 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fer_core.isolate import IsolatedCrash, IsolatedError, IsolatedTimeout, run_isolated  # noqa: E402
-from isolate_targets import count, crash, hang, raise_after  # noqa: E402
+from fer_core import isolate  # noqa: E402
+from fer_core.isolate import IsolatedCrash, IsolatedError, IsolatedTimeout, child_pid, run_isolated  # noqa: E402
+from isolate_targets import count, crash, hang, pid, raise_after  # noqa: E402
 
 
 def test_streams_items_in_order():
@@ -36,3 +37,38 @@ def test_hang_is_stopped_at_the_limit():
 def test_native_crash_is_reported():
     with pytest.raises(IsolatedCrash, match="died"):
         list(run_isolated(crash, timeout_s=60))
+
+
+def test_one_child_serves_call_after_call_and_survives_errors_in_fn():
+    first = list(run_isolated(pid, timeout_s=60))
+    assert child_pid() == first[0]
+    with pytest.raises(IsolatedError):
+        list(run_isolated(raise_after, 1, timeout_s=60))
+    assert list(run_isolated(pid, timeout_s=60)) == first  # an exception in fn leaves the child usable
+
+
+def test_a_crashed_hung_or_abandoned_child_is_replaced():
+    before = list(run_isolated(pid, timeout_s=60))[0]
+    with pytest.raises(IsolatedCrash):
+        list(run_isolated(crash, timeout_s=60))
+    assert child_pid() is None
+    after_crash = list(run_isolated(pid, timeout_s=60))[0]
+    assert after_crash != before
+    with pytest.raises(IsolatedTimeout):
+        list(run_isolated(hang, timeout_s=1))
+    after_hang = list(run_isolated(pid, timeout_s=60))[0]
+    assert after_hang != after_crash
+    stream = run_isolated(count, 1000, timeout_s=60)
+    assert next(stream) == 0
+    stream.close()  # the caller stops reading mid-stream: the child still holds the rest, so it goes
+    assert child_pid() is None
+    assert list(run_isolated(count, 3, timeout_s=60)) == [0, 1, 2]
+
+
+def test_the_child_exits_when_its_parent_closes_the_pipe():
+    list(run_isolated(pid, timeout_s=60))
+    child = isolate._LOCAL.child
+    child.conn.close()
+    child.proc.join(10)
+    assert child.proc.exitcode == 0
+    isolate._LOCAL.child = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -466,3 +467,19 @@ def test_video_id_is_stable_and_normalized(tmp_path: Path, monkeypatch: pytest.M
     assert vid == hashlib.sha1(str(tmp_path / "clips" / "a.mp4").encode()).hexdigest()[:16]
     assert video_id("s3://bucket/a.mp4") != video_id("s3://bucket/b.mp4")
     assert video_id("s3://bucket/a.mp4") == video_id("s3://bucket/a.mp4")
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_decord_worker_thread_runs_at_idle_priority_while_frames_are_read(videos_dir: Path) -> None:
+    """decord's decoding thread busy-waits between frames; reading frames must leave it under SCHED_IDLE, so its
+    spinning takes no CPU time another thread wants, and leave every other thread of the process alone."""
+
+    def idle_threads() -> set[int]:
+        return {int(t) for t in os.listdir("/proc/self/task") if os.sched_getscheduler(int(t)) == os.SCHED_IDLE}
+
+    before = idle_threads()  # readers other tests left open may hold some
+    frames = iter_frames(str(videos_dir / "posed_happy.mp4"), sample_fps=5, decoder="decord")
+    next(frames)
+    idle = idle_threads() - before
+    assert len(idle) == 1 and threading.get_native_id() not in idle
+    frames.close()
