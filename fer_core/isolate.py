@@ -71,6 +71,7 @@ class _Child:
     """One child process serving calls over a duplex pipe."""
 
     def __init__(self) -> None:
+        self.calls = 0
         ctx = _context()
         self.conn, child_end = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_serve, args=(child_end,), daemon=True)
@@ -89,11 +90,18 @@ class _Child:
 
 _LOCAL = threading.local()
 
+MAX_CALLS_PER_CHILD = 64
+"""A child is replaced after this many calls, so memory a decoder leaks cannot pile up over a long run."""
+
 
 def _child() -> _Child:
     child = getattr(_LOCAL, "child", None)
+    if child is not None and child.calls >= MAX_CALLS_PER_CHILD:
+        _discard_child()
+        child = None
     if child is None or not child.alive():
         child = _LOCAL.child = _Child()
+    child.calls += 1
     return child
 
 

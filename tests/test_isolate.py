@@ -72,3 +72,10 @@ def test_the_child_exits_when_its_parent_closes_the_pipe():
     child.proc.join(10)
     assert child.proc.exitcode == 0
     isolate._LOCAL.child = None
+
+
+def test_a_child_is_replaced_after_its_quota_of_calls(monkeypatch):
+    monkeypatch.setattr(isolate, "MAX_CALLS_PER_CHILD", 2)
+    isolate._discard_child()
+    pids = [list(run_isolated(pid, timeout_s=60))[0] for _ in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
