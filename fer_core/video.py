@@ -373,8 +373,8 @@ def _open_decord(path: str, *, idle_worker: bool = False) -> Any:
     decord's reader decodes in a worker thread it starts with the reader, and that thread busy-waits whenever the
     caller is not asking for frames: while a face detector runs on the last frame it burns a whole core. With
     ``idle_worker`` it runs under SCHED_IDLE, so its spinning only takes CPU time no other thread wants, while its
-    decoding still runs whenever the caller waits for a frame and a core is free. Measured with
-    benchmarks/annotate_throughput.py: decode + detect 17% faster on two cores.
+    decoding still runs whenever the caller waits for a frame and a core is free. Measured: an open reader left idle
+    uses 1.0 CPU-second per second, and reading 200 720p frames through YuNet took 7.96 CPU-seconds in 4.06 s.
     """
     try:
         import decord
