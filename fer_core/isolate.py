@@ -6,9 +6,9 @@ from a Python thread in the same process. The child is forked from a forkserver 
 may be a multi-threaded Ray worker) and streams its items back through a pipe.
 
 The child is reused: each calling thread keeps one child that runs call after call, and only a child that timed
-out, crashed or was abandoned mid-stream is killed and replaced. A fresh child costs about half a CPU-second,
-because multiprocessing re-imports the caller's main module in it (in a Ray worker that is Ray itself), which is
-more than one short segment's decoding.
+out, crashed or was abandoned mid-stream is killed and replaced. A fresh child costs about a third of a CPU-second,
+because multiprocessing re-imports the caller's main module in it (in a Ray worker that is Ray itself), and it
+left each worker idle for 0.4-0.9 s between segments.
 """
 
 from __future__ import annotations
