@@ -355,16 +355,13 @@ def _thread_ids() -> set[int]:
         return set()
 
 
-def _demote_threads(tids: set[int]) -> int:
-    """Moves threads of this process to SCHED_IDLE (Linux); returns how many moved."""
-    moved = 0
+def _demote_threads(tids: set[int]) -> None:
+    """Moves threads of this process to SCHED_IDLE (Linux)."""
     for tid in tids:
         try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            moved += 1
         except (AttributeError, OSError):  # not Linux, or the thread has already ended
             pass
-    return moved
 
 
 def _open_decord(path: str, *, idle_worker: bool = False) -> Any:
