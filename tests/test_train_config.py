@@ -51,6 +51,8 @@ def _yaml(tmp_path: Path, text: str) -> Path:
         ("schedule: step\n", "schedule: must be one of"),
         ("aug_flip: sometimes\n", "aug_flip: expected true or false"),
         ("tta: tencrop\n", "tta: must be 'none' or 'flip'"),
+        ("swa_start: -1\n", r"swa_start: must be >= 0 \(0 = off\)"),
+        ("swa_bn_images: -5\n", "swa_bn_images: must be >= 0"),
         ("soft_targets: true\n", "soft_targets: needs ferplus"),
         ("num_workers: 4\nbatch_size: 2\n", "batch_size: must be at least num_workers"),
         ("model_kwargs: 3\n", "model_kwargs: expected a mapping"),

@@ -113,6 +113,17 @@ def test_second_run_resumes_after_epoch_1(trained_run: TrainedRun) -> None:
     assert history[0] == trained_run.first_history[0]  # the first epoch's record is carried over, not redone
     config = yaml.safe_load((trained_run.run_dir / "config.yaml").read_text())
     assert config["epochs"] == 2 and config["model"] == "fer_vgg_tiny" and config["name"] == "debug"
+    assert config["data"] == "../shared/data/fer2013"  # as debug.yaml gives it
+
+
+@pytest.mark.slow
+def test_weight_average_is_evaluated_every_epoch_and_carried_over_a_resume(trained_run: TrainedRun) -> None:
+    """debug.yaml averages from epoch 1: the resumed run's average spans both epochs, so its state was restored."""
+    history = [json.loads(line) for line in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["swa_epochs"] for h in history] == [[1, 1], [1, 2]]
+    assert all(0 <= h["swa_public_accuracy"] <= 1 and 0 <= h["swa_public_accuracy_flip"] <= 1 for h in history)
+    log = trained_run.second.stdout + trained_run.second.stderr
+    assert "swa " in log and "epoch 2/2" in log
 
 
 @pytest.mark.slow
@@ -124,6 +135,8 @@ def test_exported_model_is_self_describing(trained_run: TrainedRun) -> None:
     assert meta["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     # The best PublicTest epoch is exported; its config is the one it was trained under (1 or 2 epochs planned).
     assert meta["metrics"]["epoch"] in (0, 1) and meta["train_config"]["epochs"] == meta["metrics"]["epoch"] + 1
+    # Paths are recorded as the config wrote them, not as this machine resolved them for the workers.
+    assert meta["train_config"]["data"] == "../shared/data/fer2013"
 
 
 @pytest.mark.slow

@@ -75,6 +75,12 @@ class TrainConfig:
     aug_erase_p: float = 0.5
     early_stop_patience: int = 0
     """Stop after this many epochs without a better PublicTest accuracy (0 = off)."""
+    swa_start: int = 0
+    """Stochastic weight averaging: from this epoch on (counted from 1, as in the log), keep the mean of the weights
+    at each epoch's end; the averaged model, BatchNorm statistics recomputed, is evaluated every epoch and can be the
+    exported best (0 = off). Pair it with a constant or slowly falling learning rate."""
+    swa_bn_images: int = 8192
+    """Training faces used to recompute the averaged model's BatchNorm statistics (0 = all)."""
     tta: str = "flip"
     """Test-time augmentation the shipped checkpoint uses, chosen on PublicTest: 'none' or 'flip'."""
     num_workers: int = 1
@@ -105,6 +111,8 @@ class TrainConfig:
         need(self.lr > 0, "lr", "must be > 0")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(0 <= self.mix_prob <= 1, "mix_prob", "must be in [0, 1]")
+        need(self.swa_start >= 0, "swa_start", "must be >= 0 (0 = off)")
+        need(self.swa_bn_images >= 0, "swa_bn_images", "must be >= 0 (0 = all training faces)")
         need(self.tta in ("none", "flip"), "tta", "must be 'none' or 'flip'")
         need(self.channels in (1, 3), "channels", "must be 1 or 3")
         need(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")

@@ -8,6 +8,7 @@ epoch on PublicTest is exported as a self-describing checkpoint to OUT/<name>/mo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,22 +28,27 @@ from training.warmstart import check_init_from  # noqa: E402
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def run(cfg: TrainConfig, out: str) -> str:
-    """Train (or resume) and export; returns the exported model's location."""
+def run(cfg: TrainConfig, out: str, as_given: TrainConfig | None = None) -> str:
+    """Train (or resume) and export; returns the exported model's location.
+
+    ``cfg`` carries the paths the workers open (absolute, or bucket URIs); ``as_given`` is the same config with the
+    paths as the user wrote them, recorded in config.yaml and the checkpoints so they stay valid beside the project
+    rather than naming this machine's folders (default: ``cfg``)."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from training.worker import HISTORY_FILE, train_worker
+    from training.worker import HISTORY_FILE, RECORDED_KEY, train_worker
 
     out = storage.absolute(out)
     run_dir = storage.join(out, cfg.name)
-    storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+    recorded = (as_given or cfg).to_dict()
+    storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(recorded, sort_keys=True))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={**cfg.to_dict(), RECORDED_KEY: recorded},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
@@ -90,13 +96,14 @@ def main(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
     # Workers may run elsewhere in the cluster: local paths become absolute, bucket URIs stay as they are.
+    as_given = dataclasses.replace(cfg)
     cfg.data = storage.absolute(cfg.data)
     if cfg.ferplus:
         cfg.ferplus = storage.absolute(cfg.ferplus)
     if cfg.init_from:
         cfg.init_from = str(Path(cfg.init_from).resolve())
     try:
-        model_dir = run(cfg, out)
+        model_dir = run(cfg, out, as_given)
     except Exception as e:  # Ray wraps worker errors; show the cause in one line
         typer.echo(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}", err=True)
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ from fer_core.labels import EMOTIONS
 from fer_core.models import create_model
 from training.config import TrainConfig
 from training.data import FerData, ferplus_soft_targets, load_fer, load_ferplus_votes
+from training.swa import WeightAverage, bn_sample, recompute_batchnorm
 from training.loop import (
     Schedule,
     build_optimizer,
@@ -29,6 +30,8 @@ from training.loop import (
 )
 
 STATE_FILE = "train_state.pt"
+RECORDED_KEY = "_as_given"
+"""Key of the config as the user wrote it (paths unresolved) in the workers' config: what checkpoints record."""
 HISTORY_FILE = "metrics.jsonl"
 
 
@@ -57,6 +60,8 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    config = dict(config)
+    as_given = TrainConfig(**config.pop(RECORDED_KEY, None) or config)
     cfg = TrainConfig(**config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -91,6 +96,7 @@ def train_worker(config: dict[str, Any]) -> None:
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
 
     start_epoch, best_acc, best_epoch, history = 0, -1.0, -1, []
+    swa = WeightAverage()
     best_dir = Path(tempfile.mkdtemp(prefix="fer-best-"))
     restored = ray.train.get_checkpoint()
     if restored:
@@ -100,6 +106,8 @@ def train_worker(config: dict[str, Any]) -> None:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
+            if "swa" in state:
+                swa.load_state_dict(state["swa"])
             history = [json.loads(line) for line in (Path(d) / HISTORY_FILE).read_text().splitlines() if line]
             shutil.copytree(Path(d) / "best", best_dir, dirs_exist_ok=True)
         if rank == 0:
@@ -120,6 +128,13 @@ def train_worker(config: dict[str, Any]) -> None:
     done = start_epoch >= cfg.epochs or (
         cfg.early_stop_patience > 0 and best_epoch >= 0 and start_epoch - 1 - best_epoch >= cfg.early_stop_patience
     )
+    bn_faces = bn_sample(train.pixels, cfg.swa_bn_images, seed=cfg.seed) if cfg.swa_start else None
+
+    def public_accuracy(net: torch.nn.Module) -> tuple[float, float]:
+        probs = predict_logits(net, val.pixels, spec, device=device, tta="none")
+        probs_flip = predict_logits(net, val.pixels, spec, device=device, tta="flip")
+        return float((probs.argmax(1) == val.labels).mean()), float((probs_flip.argmax(1) == val.labels).mean())
+
     epoch = start_epoch - 1
     while not done:
         epoch += 1
@@ -128,11 +143,22 @@ def train_worker(config: dict[str, Any]) -> None:
             rank=rank, world_size=world, device=device, class_weight=class_weight,
         )
         t0 = time.perf_counter()
-        probs = predict_logits(core, val.pixels, spec, device=device, tta="none")
-        probs_flip = predict_logits(core, val.pixels, spec, device=device, tta="flip")
-        acc = float((probs.argmax(1) == val.labels).mean())
-        acc_flip = float((probs_flip.argmax(1) == val.labels).mean())
+        acc, acc_flip = public_accuracy(core)
         chosen = acc_flip if cfg.tta == "flip" else acc
+        # Candidates for the exported best: this epoch's weights and, once averaging has started, the average.
+        candidate, candidate_metrics = core, {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}
+        swa_metrics: dict[str, Any] = {}
+        if cfg.swa_start and epoch + 1 >= cfg.swa_start:
+            swa.update(core)
+            averaged = recompute_batchnorm(swa.averaged_model(core), bn_faces, spec, device=device)
+            swa_acc, swa_acc_flip = public_accuracy(averaged)
+            swa_metrics = {"swa_public_accuracy": swa_acc, "swa_public_accuracy_flip": swa_acc_flip,
+                           "swa_epochs": [epoch + 2 - swa.count, epoch + 1]}
+            swa_chosen = swa_acc_flip if cfg.tta == "flip" else swa_acc
+            if swa_chosen > chosen:
+                chosen, candidate = swa_chosen, averaged
+                candidate_metrics = {"public_accuracy": swa_acc, "public_accuracy_flip": swa_acc_flip, "epoch": epoch,
+                                     "weights": f"mean of epochs {epoch + 2 - swa.count}-{epoch + 1} (SWA)"}
         improved = chosen > best_acc
         if improved:
             best_acc, best_epoch = chosen, epoch
@@ -148,14 +174,17 @@ def train_worker(config: dict[str, Any]) -> None:
             "best_public_accuracy": best_acc,
             "best_epoch": best_epoch,
             "lr": optimizer.param_groups[0]["lr"],
+            **swa_metrics,
         }
         history.append(metrics)
         schedule.step_epoch(chosen)
         done = epoch + 1 >= cfg.epochs or (cfg.early_stop_patience > 0 and epoch - best_epoch >= cfg.early_stop_patience)
         if rank == 0:
+            swa_note = (f"swa {swa_metrics['swa_public_accuracy']:.4f} (flip {swa_metrics['swa_public_accuracy_flip']:.4f}) "
+                        if swa_metrics else "")
             print(
                 f"epoch {epoch + 1}/{cfg.epochs} loss {stats.loss:.4f} train_acc {stats.accuracy:.4f} "
-                f"public_acc {acc:.4f} (flip {acc_flip:.4f}) best {best_acc:.4f}@{best_epoch + 1} "
+                f"public_acc {acc:.4f} (flip {acc_flip:.4f}) {swa_note}best {best_acc:.4f}@{best_epoch + 1} "
                 f"{stats.images_per_s:.0f} img/s {stats.seconds:.0f}s",
                 flush=True,
             )
@@ -163,13 +192,13 @@ def train_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="fer-ckpt-") as tmp:
             if rank == 0:
                 current = {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}
-                save_checkpoint(Path(tmp) / "model", core, checkpoint_meta_of(cfg, current))
+                save_checkpoint(Path(tmp) / "model", core, checkpoint_meta_of(as_given, current))
                 if improved:
-                    save_checkpoint(best_dir, core, checkpoint_meta_of(cfg, {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}))
+                    save_checkpoint(best_dir, candidate, checkpoint_meta_of(as_given, candidate_metrics))
                 shutil.copytree(best_dir, Path(tmp) / "best")
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
-                     "best_acc": best_acc, "best_epoch": best_epoch},
+                     "best_acc": best_acc, "best_epoch": best_epoch, "swa": swa.state_dict()},
                     Path(tmp) / STATE_FILE,
                 )
                 (Path(tmp) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))

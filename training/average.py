@@ -1,0 +1,127 @@
+"""Average the weights of several checkpoints of one architecture into one model, as fast as each of them.
+
+    python training/average.py runs/cpu_small_r2/model runs/cpu_small_r3/model runs/cpu_small_r4/model \\
+        --data ../shared/data/fer2013 --out runs/avg_r234/model
+
+Averaging pays for checkpoints in one basin: epochs of one run, or cycles warm-started from each other
+(``init_from``); unrelated runs average to a broken model. BatchNorm statistics are recomputed on Training faces.
+PublicTest accuracy is printed for every input and for the average, so the choice is made on PublicTest;
+PrivateTest is never read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fer_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from training.data import DataError, load_fer  # noqa: E402
+
+
+class AverageError(ValueError):
+    """The checkpoints cannot be averaged."""
+
+
+def check_compatible(metas: list[Any], sources: list[str]) -> None:
+    """Raise AverageError naming the first checkpoint whose architecture, classes or preprocessing differ."""
+    first = metas[0]
+    for meta, source in zip(metas[1:], sources[1:]):
+        for what, a, b in (
+            ("architecture", (first.arch, first.arch_kwargs), (meta.arch, meta.arch_kwargs)),
+            ("classes", first.classes, meta.classes),
+            ("preprocessing", first.preprocessing, meta.preprocessing),
+        ):
+            if a != b:
+                raise AverageError(f"{source} has another {what} than {sources[0]} ({b} vs {a}); "
+                                   f"average only checkpoints of one model")
+
+
+def average_checkpoints(
+    sources: list[str | Path],
+    data: str,
+    out: str | Path,
+    *,
+    name: str = "",
+    bn_images: int = 0,
+    public: bool = True,
+) -> dict[str, Any]:
+    """Write the average of ``sources`` to ``out``; returns its id and the PublicTest accuracies measured."""
+    import torch
+
+    from training.loop import predict_logits
+    from training.swa import average_states, bn_sample, recompute_batchnorm
+
+    if len(sources) < 2:
+        raise AverageError("give at least two checkpoint folders to average")
+    loaded = [load_checkpoint(s) for s in sources]
+    names = [str(s) for s in sources]
+    metas = [meta for _, meta, _ in loaded]
+    check_compatible(metas, names)
+    try:
+        states = average_states([model.state_dict() for model, _, _ in loaded])
+    except ValueError as e:
+        raise AverageError(f"the checkpoints' weights differ in layout: {e}") from e
+    fer = load_fer(data, splits=["Training", "PublicTest"] if public else ["Training"])
+    spec, device = metas[0].preprocessing, torch.device("cpu")
+    model, meta, _ = load_checkpoint(sources[0])  # a fresh copy: the inputs are evaluated as they are below
+    model.load_state_dict(states)
+    recompute_batchnorm(model, bn_sample(fer.split("Training").pixels, bn_images), spec, device=device)
+
+    def accuracy(net: torch.nn.Module) -> tuple[float, float]:
+        val = fer.split("PublicTest")
+        accs = []
+        for tta in ("none", "flip"):
+            probs = predict_logits(net, val.pixels, spec, device=device, tta=tta)
+            accs.append(float(np.mean(probs.argmax(1) == val.labels)))
+        return accs[0], accs[1]
+
+    inputs = []
+    for source, (net, _, model_id) in zip(names, loaded):
+        record: dict[str, Any] = {"path": source, "id": model_id}
+        if public:
+            record["public_accuracy"], record["public_accuracy_flip"] = accuracy(net)
+        inputs.append(record)
+    metrics: dict[str, Any] = {"averaged_from": inputs, "bn_images": bn_images or len(fer.split("Training"))}
+    if public:
+        metrics["public_accuracy"], metrics["public_accuracy_flip"] = accuracy(model)
+    meta.metrics = metrics
+    meta.name = name or f"{meta.name or meta.arch}-avg{len(sources)}"
+    save_checkpoint(out, model, meta)
+    _, _, model_id = load_checkpoint(out)
+    return {"id": model_id, "out": str(out), **metrics}
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    models: list[Path] = typer.Argument(..., help="Two or more checkpoint folders of the same model."),
+    data: str = typer.Option(..., "--data", help="FER-2013 (npz folder, fer2013.csv or image folders)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the averaged checkpoint."),
+    name: str = typer.Option("", "--name", help="Model name recorded in the checkpoint (default: first's + -avgN)."),
+    bn_images: int = typer.Option(0, "--bn-images", help="Training faces for the BatchNorm statistics (0 = all)."),
+    public: bool = typer.Option(True, "--public/--no-public", help="Report PublicTest accuracy of inputs and average."),
+) -> None:
+    """Average checkpoints' weights, recompute BatchNorm statistics, and report PublicTest accuracy."""
+    try:
+        result = average_checkpoints(models, data, out, name=name, bn_images=bn_images, public=public)
+    except (AverageError, CheckpointError, DataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    if public:
+        for record in result["averaged_from"]:
+            typer.echo(f"{record['path']}: PublicTest {record['public_accuracy']:.4f} "
+                       f"(flip {record['public_accuracy_flip']:.4f})")
+        typer.echo(f"average: PublicTest {result['public_accuracy']:.4f} (flip {result['public_accuracy_flip']:.4f})")
+    typer.echo(f"wrote {result['id']} to {result['out']}")
+
+
+if __name__ == "__main__":
+    app()
