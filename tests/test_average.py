@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fer_core.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_checkpoint, save_checkpoint
 from fer_core.models import create_model
-from training.average import app
+from training.average import AverageError, app, average_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,8 +56,8 @@ def test_one_line_errors_for_what_cannot_be_averaged(tmp_path: Path) -> None:
     a = _checkpoint(tmp_path / "a", 1)
     data = ["--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "out")]
 
-    result = runner.invoke(app, [str(a), *data])
-    assert result.exit_code == 1 and result.output.strip() == "error: give at least two checkpoint folders to average"
+    with pytest.raises(AverageError, match="give one or more checkpoint folders"):
+        average_checkpoints([], str(tmp_path / "nodata"), tmp_path / "out")
 
     other = _checkpoint(tmp_path / "other", 1, arch="seed_cnn")
     result = runner.invoke(app, [str(a), str(other), *data])

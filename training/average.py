@@ -1,10 +1,13 @@
-"""Average the weights of several checkpoints of one architecture into one model, as fast as each of them.
+"""Average the weights of several checkpoints of one architecture into one model, as fast as each of them; with a
+single checkpoint, only re-estimate its BatchNorm statistics on clean Training faces.
 
     python training/average.py runs/cpu_small_r2/model runs/cpu_small_r3/model runs/cpu_small_r4/model \\
         --data ../shared/data/fer2013 --out runs/avg_r234/model
 
 Averaging pays for checkpoints in one basin: epochs of one run, or cycles warm-started from each other
-(``init_from``); unrelated runs average to a broken model. BatchNorm statistics are recomputed on Training faces.
+(``init_from``); unrelated runs average to a broken model. BatchNorm statistics are recomputed on Training faces
+without augmentation: the statistics a run accumulates come from augmented, mixed batches, and re-estimating them
+on clean faces alone gained about a point of PublicTest accuracy for the CPU model (README, "The shipped model").
 PublicTest accuracy is printed for every input and for the average, so the choice is made on PublicTest;
 PrivateTest is never read.
 """
@@ -57,8 +60,8 @@ def average_checkpoints(
     from training.loop import predict_logits
     from training.swa import average_states, bn_sample, recompute_batchnorm
 
-    if len(sources) < 2:
-        raise AverageError("give at least two checkpoint folders to average")
+    if not sources:
+        raise AverageError("give one or more checkpoint folders")
     loaded = [load_checkpoint(s) for s in sources]
     names = [str(s) for s in sources]
     metas = [meta for _, meta, _ in loaded]
@@ -91,7 +94,7 @@ def average_checkpoints(
     if public:
         metrics["public_accuracy"], metrics["public_accuracy_flip"] = accuracy(model)
     meta.metrics = metrics
-    meta.name = name or f"{meta.name or meta.arch}-avg{len(sources)}"
+    meta.name = name or f"{meta.name or meta.arch}-" + (f"avg{len(sources)}" if len(sources) > 1 else "bn")
     save_checkpoint(out, model, meta)
     _, _, model_id = load_checkpoint(out)
     return {"id": model_id, "out": str(out), **metrics}
@@ -102,7 +105,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    models: list[Path] = typer.Argument(..., help="Two or more checkpoint folders of the same model."),
+    models: list[Path] = typer.Argument(..., help="Checkpoint folders of one model (one: recompute BatchNorm only)."),
     data: str = typer.Option(..., "--data", help="FER-2013 (npz folder, fer2013.csv or image folders)."),
     out: Path = typer.Option(..., "--out", help="Folder for the averaged checkpoint."),
     name: str = typer.Option("", "--name", help="Model name recorded in the checkpoint (default: first's + -avgN)."),

@@ -177,7 +177,7 @@ def train_worker(config: dict[str, Any]) -> None:
             **swa_metrics,
         }
         history.append(metrics)
-        schedule.step_epoch(chosen)
+        schedule.step_epoch(acc_flip if cfg.tta == "flip" else acc)  # plateau: this epoch's own weights, not the average
         done = epoch + 1 >= cfg.epochs or (cfg.early_stop_patience > 0 and epoch - best_epoch >= cfg.early_stop_patience)
         if rank == 0:
             swa_note = (f"swa {swa_metrics['swa_public_accuracy']:.4f} (flip {swa_metrics['swa_public_accuracy_flip']:.4f}) "
