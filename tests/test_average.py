@@ -44,6 +44,7 @@ def test_average_of_two_checkpoints_holds_their_mean_and_reports_public_accuracy
 
     meta = json.loads((out / META_FILE).read_text())
     assert meta["arch"] == "fer_vgg_tiny" and meta["name"] == "seed1-avg2"
+    assert meta["train_config"] == {"average_of": [str(a), str(b)], "data": str(fer_data_dir), "bn_images": 512}
     metrics = meta["metrics"]
     assert [r["path"] for r in metrics["averaged_from"]] == [str(a), str(b)]
     assert [r["id"] for r in metrics["averaged_from"]] == [load_checkpoint(p)[2] for p in (a, b)]

@@ -94,6 +94,8 @@ def average_checkpoints(
     if public:
         metrics["public_accuracy"], metrics["public_accuracy_flip"] = accuracy(model)
     meta.metrics = metrics
+    # Each input's checkpoint records its own training; this one records how it was made from them.
+    meta.train_config = {"average_of": names, "data": str(data), "bn_images": metrics["bn_images"]}
     meta.name = name or f"{meta.name or meta.arch}-" + (f"avg{len(sources)}" if len(sources) > 1 else "bn")
     save_checkpoint(out, model, meta)
     _, _, model_id = load_checkpoint(out)

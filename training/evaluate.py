@@ -380,7 +380,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "model": {"dir": str(Path(model_dir).resolve()), "id": model_id, "name": meta.name, "arch": meta.arch,
+        "model": {"dir": str(model_dir), "id": model_id, "name": meta.name, "arch": meta.arch,
                   "arch_kwargs": meta.arch_kwargs, "classes": meta.classes, "tta": meta.tta,
                   "preprocessing": meta.preprocessing.to_dict(), "checkpoint_metrics": meta.metrics},
         "data": str(data),
