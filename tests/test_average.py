@@ -30,7 +30,12 @@ def test_average_of_two_checkpoints_holds_their_mean_and_reports_public_accuracy
     out = tmp_path / "avg"
     result = CliRunner().invoke(app, [str(a), str(b), "--data", str(fer_data_dir), "--out", str(out), "--bn-images", "512"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    assert result.stderr.splitlines() == [
+        f"averaging 2 checkpoint(s) of fer_vgg_tiny; loading FER-2013 from {fer_data_dir}",
+        "re-estimating BatchNorm statistics on 512 Training faces",
+        "PublicTest accuracy of the 2 input(s) and the average",
+    ]
+    lines = result.stdout.strip().splitlines()
     assert lines[0].startswith(f"{a}: PublicTest ") and lines[1].startswith(f"{b}: PublicTest ")
     assert lines[2].startswith("average: PublicTest ") and lines[3].startswith("wrote seed1-avg2@")
 

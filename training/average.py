@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable
 
 import numpy as np
 import typer
@@ -24,7 +24,7 @@ import typer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from training.data import DataError, load_fer  # noqa: E402
+from training.data import DataError, check_source, load_fer  # noqa: E402
 
 
 class AverageError(ValueError):
@@ -53,8 +53,10 @@ def average_checkpoints(
     name: str = "",
     bn_images: int = 0,
     public: bool = True,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Write the average of ``sources`` to ``out``; returns its id and the PublicTest accuracies measured."""
+    """Write the average of ``sources`` to ``out``; returns its id and the PublicTest accuracies measured.
+    ``progress`` receives a line before each step that takes a while (minutes on 2 CPU cores)."""
     import torch
 
     from training.loop import predict_logits
@@ -70,11 +72,15 @@ def average_checkpoints(
         states = average_states([model.state_dict() for model, _, _ in loaded])
     except ValueError as e:
         raise AverageError(f"the checkpoints' weights differ in layout: {e}") from e
+    check_source(data)  # a wrong --data fails here, in one line, before minutes of work
+    progress(f"averaging {len(sources)} checkpoint(s) of {metas[0].arch}; loading FER-2013 from {data}")
     fer = load_fer(data, splits=["Training", "PublicTest"] if public else ["Training"])
     spec, device = metas[0].preprocessing, torch.device("cpu")
     model, meta, _ = load_checkpoint(sources[0])  # a fresh copy: the inputs are evaluated as they are below
     model.load_state_dict(states)
-    recompute_batchnorm(model, bn_sample(fer.split("Training").pixels, bn_images), spec, device=device)
+    faces = bn_sample(fer.split("Training").pixels, bn_images)
+    progress(f"re-estimating BatchNorm statistics on {len(faces)} Training faces")
+    recompute_batchnorm(model, faces, spec, device=device)
 
     def accuracy(net: torch.nn.Module) -> tuple[float, float]:
         val = fer.split("PublicTest")
@@ -85,6 +91,8 @@ def average_checkpoints(
         return accs[0], accs[1]
 
     inputs = []
+    if public:
+        progress(f"PublicTest accuracy of the {len(sources)} input(s) and the average")
     for source, (net, _, model_id) in zip(names, loaded):
         record: dict[str, Any] = {"path": source, "id": model_id}
         if public:
@@ -116,7 +124,8 @@ def main(
 ) -> None:
     """Average checkpoints' weights, recompute BatchNorm statistics, and report PublicTest accuracy."""
     try:
-        result = average_checkpoints(models, data, out, name=name, bn_images=bn_images, public=public)
+        result = average_checkpoints(models, data, out, name=name, bn_images=bn_images, public=public,
+                                     progress=lambda message: typer.echo(message, err=True))
     except (AverageError, CheckpointError, DataError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
