@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,9 +56,11 @@ def average_checkpoints(
 ) -> dict[str, Any]:
     """Write the average of ``sources`` to ``out``; returns its id and the PublicTest accuracies measured.
     ``progress`` receives a line before each step that takes a while (minutes on 2 CPU cores)."""
+    import copy
+
     import torch
 
-    from training.loop import predict_logits
+    from training.loop import accuracy_plain_and_flip
     from training.swa import average_states, bn_sample, recompute_batchnorm
 
     if not sources:
@@ -67,16 +68,13 @@ def average_checkpoints(
     loaded = [load_checkpoint(s) for s in sources]
     names = [str(s) for s in sources]
     metas = [meta for _, meta, _ in loaded]
-    check_compatible(metas, names)
-    try:
-        states = average_states([model.state_dict() for model, _, _ in loaded])
-    except ValueError as e:
-        raise AverageError(f"the checkpoints' weights differ in layout: {e}") from e
+    check_compatible(metas, names)  # one architecture and options: the weights share one layout
+    states = average_states([model.state_dict() for model, _, _ in loaded])
     check_source(data)  # a wrong --data fails here, in one line, before minutes of work
     progress(f"averaging {len(sources)} checkpoint(s) of {metas[0].arch}; loading FER-2013 from {data}")
     fer = load_fer(data, splits=["Training", "PublicTest"] if public else ["Training"])
     spec, device = metas[0].preprocessing, torch.device("cpu")
-    model, meta, _ = load_checkpoint(sources[0])  # a fresh copy: the inputs are evaluated as they are below
+    model, meta = copy.deepcopy(loaded[0][0]), metas[0]  # a copy: the inputs are evaluated as they are below
     model.load_state_dict(states)
     faces = bn_sample(fer.split("Training").pixels, bn_images)
     progress(f"re-estimating BatchNorm statistics on {len(faces)} Training faces")
@@ -84,11 +82,7 @@ def average_checkpoints(
 
     def accuracy(net: torch.nn.Module) -> tuple[float, float]:
         val = fer.split("PublicTest")
-        accs = []
-        for tta in ("none", "flip"):
-            probs = predict_logits(net, val.pixels, spec, device=device, tta=tta)
-            accs.append(float(np.mean(probs.argmax(1) == val.labels)))
-        return accs[0], accs[1]
+        return accuracy_plain_and_flip(net, val.pixels, val.labels, spec, device=device)
 
     inputs = []
     if public:

@@ -9,7 +9,7 @@ average of theirs, so they are recomputed on training faces before it is evaluat
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -99,14 +99,10 @@ def recompute_batchnorm(
         m.momentum = None  # cumulative average over all batches, not an exponential one
     model.train()
     preset = EvalPreset(spec)
-    for batch in _batches(faces, batch_size):
+    for start in range(0, len(faces), batch_size):
+        batch = faces[start : start + batch_size]
         if len(batch) > 1:  # a batch of one has no variance to measure (and BatchNorm1d refuses it)
             model(preset(batch).to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
-
-
-def _batches(faces: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
-    for start in range(0, len(faces), batch_size):
-        yield faces[start : start + batch_size]

@@ -21,9 +21,9 @@ from training.data import FerData, ferplus_soft_targets, load_fer, load_ferplus_
 from training.swa import WeightAverage, bn_sample, recompute_batchnorm
 from training.loop import (
     Schedule,
+    accuracy_plain_and_flip,
     build_optimizer,
     checkpoint_meta_of,
-    predict_logits,
     preprocessing_of,
     train_one_epoch,
     train_preset_of,
@@ -131,9 +131,7 @@ def train_worker(config: dict[str, Any]) -> None:
     bn_faces = bn_sample(train.pixels, cfg.swa_bn_images, seed=cfg.seed) if cfg.swa_start else None
 
     def public_accuracy(net: torch.nn.Module) -> tuple[float, float]:
-        probs = predict_logits(net, val.pixels, spec, device=device, tta="none")
-        probs_flip = predict_logits(net, val.pixels, spec, device=device, tta="flip")
-        return float((probs.argmax(1) == val.labels).mean()), float((probs_flip.argmax(1) == val.labels).mean())
+        return accuracy_plain_and_flip(net, val.pixels, val.labels, spec, device=device)
 
     epoch = start_epoch - 1
     while not done:
