@@ -1,4 +1,4 @@
-"""Face detection: a column-per-field `Detections` type, YuNet and Haar adapters, model file resolution.
+"""Face detection: a column-per-field `Detections` type, YuNet and Haar adapters, the packaged YuNet model.
 
 Detectors take an RGB ``uint8`` image of shape ``(H, W, 3)`` (what `fer_core.video` yields), detect on a copy
 whose longest side is at most ``max_side`` (never upscaled), and return boxes in the ORIGINAL image's pixel
@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
-import urllib.request
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +24,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
-YUNET_URL = (
-    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
-)
-"""OpenCV Zoo stores the file in Git LFS; ``github.com/.../raw/...`` redirects to the LFS bytes (the
-``raw.githubusercontent.com`` form would serve the LFS pointer, which the checksum rejects)."""
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 YUNET_BYTES = 232589
 YUNET_ENV = "FER_YUNET_MODEL"
@@ -39,16 +31,11 @@ CACHE_ENV = "FER_CACHE_DIR"
 DETECTOR_KINDS: tuple[str, ...] = ("auto", "yunet", "haar")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
-_DOWNLOAD_TIMEOUT_S = 30.0
 _YUNET_ONLY_OPTIONS = frozenset({"score_threshold", "nms_threshold", "top_k"})
 
 
 class DetectorError(Exception):
     """A face detector cannot be created (missing or wrong model file, unknown kind)."""
-
-
-class ModelDownloadError(DetectorError):
-    """The downloaded model file does not match its expected size or sha256."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,11 +55,14 @@ class Detections:
         scores: ``(N,)`` float32 detector confidences.
         landmarks: ``(N, 5, 2)`` float32 ``(x, y)`` points: right eye, left eye, nose tip, right and left mouth
             corners (YuNet's order, "right" being the subject's right); NaN when the detector gives none.
+        in_frame: ``(N,)`` float32 share of each box's area inside the image before `clip` cut it to the image
+            (1.0 for a box wholly inside; defaults to ones).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     landmarks: np.ndarray
+    in_frame: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = _as_float32(self.boxes)
@@ -84,12 +74,15 @@ class Detections:
         if self.landmarks.size == 0:
             self.landmarks = self.landmarks.reshape(0, 5, 2)
         count = self.boxes.shape[0] if self.boxes.ndim == 2 else -1
+        self.in_frame = np.ones(max(count, 0), np.float32) if self.in_frame is None else _as_float32(self.in_frame).reshape(-1)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
             raise ValueError(f"boxes must have shape (N, 4), got {self.boxes.shape}")
         if self.scores.shape != (count,):
             raise ValueError(f"scores must have shape ({count},) to match boxes, got {self.scores.shape}")
         if self.landmarks.shape != (count, 5, 2):
             raise ValueError(f"landmarks must have shape ({count}, 5, 2) to match boxes, got {self.landmarks.shape}")
+        if self.in_frame.shape != (count,):
+            raise ValueError(f"in_frame must have shape ({count},) to match boxes, got {self.in_frame.shape}")
 
     @classmethod
     def empty(cls) -> Detections:
@@ -109,22 +102,26 @@ class Detections:
         """Selects rows by boolean mask, integer array, slice or single integer (kept as one row)."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        return Detections(self.boxes[index], self.scores[index], self.landmarks[index])
+        return Detections(self.boxes[index], self.scores[index], self.landmarks[index], self.in_frame[index])
 
     def scale(self, factor: float | tuple[float, float]) -> Detections:
         """Multiplies boxes and landmarks by `factor`, a scalar or ``(fx, fy)``: maps detections on a resized
         image back to the original (factor = original size / resized size)."""
         fx, fy = (factor, factor) if np.isscalar(factor) else factor
         xy = np.array([fx, fy], dtype=np.float32)
-        return Detections(self.boxes * np.tile(xy, 2), self.scores, self.landmarks * xy)
+        return Detections(self.boxes * np.tile(xy, 2), self.scores, self.landmarks * xy, self.in_frame)
 
     def clip(self, width: int, height: int) -> Detections:
-        """Clips boxes to an image of the given size (landmarks are left as they are)."""
+        """Clips boxes to an image of the given size, recording in `in_frame` the share of each box's area that
+        was inside (landmarks are left as they are)."""
         x0 = np.clip(self.boxes[:, 0], 0, width)
         y0 = np.clip(self.boxes[:, 1], 0, height)
         x1 = np.clip(self.boxes[:, 0] + self.boxes[:, 2], 0, width)
         y1 = np.clip(self.boxes[:, 1] + self.boxes[:, 3], 0, height)
-        return Detections(np.stack([x0, y0, x1 - x0, y1 - y0], axis=1), self.scores, self.landmarks)
+        clipped = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
+        area = self.boxes[:, 2] * self.boxes[:, 3]
+        inside = np.divide(clipped[:, 2] * clipped[:, 3], area, out=np.zeros_like(area), where=area > 0)
+        return Detections(clipped, self.scores, self.landmarks, self.in_frame * np.clip(inside, 0.0, 1.0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +277,7 @@ class YuNetDetector(FaceDetector):
 
 
 class HaarDetector(FaceDetector):
-    """OpenCV's Viola-Jones frontal-face Haar cascade: a fallback that needs no model download.
+    """OpenCV's Viola-Jones frontal-face Haar cascade, used only when asked for (``--detector haar``).
 
     The cascade has no calibrated confidence, so every detection scores 1.0, and it gives no landmarks
     (NaN). It misses profile and tilted faces and finds more false faces than YuNet.
@@ -353,6 +350,10 @@ class HaarDetector(FaceDetector):
 # Model files
 
 
+PACKAGED_YUNET = Path(__file__).resolve().parent / "weights" / "yunet" / YUNET_FILENAME
+"""The YuNet file shipped inside the package (MIT; its notice is ``LICENSE`` beside it)."""
+
+
 def _sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -362,8 +363,8 @@ def _sha256(path: str | os.PathLike[str]) -> str:
 
 
 def cache_dir() -> Path:
-    """Folder for downloaded models: ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_core``, else
-    ``~/.cache/fer_core``."""
+    """Folder for files this package writes for later runs (a node's copy of the driver's detector model,
+    fetched training data): ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_core``, else ``~/.cache/fer_core``."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -374,131 +375,53 @@ def _checked_model(path: str, origin: str) -> str:
     """Returns `path` if it holds the YuNet 2023mar model, else raises DetectorError naming `origin`."""
     if not os.path.isfile(path):
         raise DetectorError(
-            f"YuNet model not found at {path!r} ({origin}); pass --detector-model or set {YUNET_ENV} to the "
-            f"path of {YUNET_FILENAME} (download: {YUNET_URL})"
+            f"YuNet model not found at {path!r} ({origin}); pass --detector-model with the path of "
+            f"{YUNET_FILENAME}, or unset {YUNET_ENV} to use the one shipped with fer-video"
         )
     digest = _sha256(path)
     if digest != YUNET_SHA256:
         raise DetectorError(
             f"{path!r} ({origin}) is not {YUNET_FILENAME}: sha256 {digest[:12]}..., expected "
-            f"{YUNET_SHA256[:12]}... (a Git LFS pointer or another version?); download the real file from "
-            f"{YUNET_URL}"
+            f"{YUNET_SHA256[:12]}... (a Git LFS pointer or another version?); pass the real file, or leave "
+            f"--detector-model and {YUNET_ENV} unset to use the one shipped with fer-video"
         )
     return path
 
 
-def _download(url: str, target: Path) -> None:
-    """Downloads `url` to `target` atomically, checking size and sha256.
+def resolve_yunet_model(path: str | os.PathLike[str] | None = None) -> str:
+    """Finds the YuNet 2023mar ONNX file, with no network: `path`, else ``$FER_YUNET_MODEL``, else the copy
+    shipped inside the package (`PACKAGED_YUNET`). Whichever is used must be the expected file (sha256).
 
     Raises:
-        OSError: if the download fails (urllib.error.URLError is an OSError).
-        ModelDownloadError: if the bytes are not the expected model.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-            for block in iter(lambda: response.read(1 << 16), b""):
-                digest.update(block)
-                size += len(block)
-                file.write(block)
-        if digest.hexdigest() != YUNET_SHA256:
-            raise ModelDownloadError(
-                f"the file downloaded from {url} is not {YUNET_FILENAME} ({size} bytes, sha256 "
-                f"{digest.hexdigest()[:12]}..., expected {YUNET_BYTES} bytes, {YUNET_SHA256[:12]}...); download it "
-                f"yourself and pass --detector-model or set {YUNET_ENV}"
-            )
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-
-
-def resolve_yunet_model(
-    path: str | os.PathLike[str] | None = None, *, download: bool = True, url: str = YUNET_URL
-) -> str | None:
-    """Finds the YuNet 2023mar ONNX file, downloading it into the cache once if needed.
-
-    Looks, in order, at `path`, the ``FER_YUNET_MODEL`` environment variable, the cache folder (see
-    `cache_dir`), and finally downloads `url` there (to a temporary file, checked, then renamed into place).
-
-    Args:
-        path: An explicit model file; it must exist and be the expected file.
-        download: Whether a missing model may be downloaded.
-        url: Where to download from.
-
-    Returns:
-        The model's path, or None when it is not found and cannot be downloaded (or `download` is False).
-
-    Raises:
-        DetectorError: if `path` or ``FER_YUNET_MODEL`` names a missing file or one with the wrong sha256.
-        ModelDownloadError: if the downloaded bytes are not the model.
+        DetectorError: if the file found is missing or is not the expected model (the message names the fix).
     """
     if path is not None:
         return _checked_model(os.fspath(path), "given explicitly")
     if os.environ.get(YUNET_ENV):
         return _checked_model(os.environ[YUNET_ENV], f"from {YUNET_ENV}")
-    cached = cache_dir() / YUNET_FILENAME
-    if cached.is_file():
-        if _sha256(cached) == YUNET_SHA256:
-            return str(cached)
-        logger.warning("ignoring %s: its sha256 is not the expected one; downloading again", cached)
-    if not download:
-        return None
-    try:
-        _download(url, cached)
-    except OSError as exc:
-        logger.warning("could not download the YuNet face detector from %s: %s", url, exc)
-        return None
-    logger.info("downloaded the YuNet face detector to %s", cached)
-    return str(cached)
+    if not PACKAGED_YUNET.is_file():
+        raise DetectorError(
+            f"this install of fer-video lacks its packaged face detector {PACKAGED_YUNET}; reinstall it "
+            f"(pip install fer-video) or pass --detector-model with the path of {YUNET_FILENAME}"
+        )
+    return _checked_model(str(PACKAGED_YUNET), "shipped with fer-video")
 
 
-def create_detector(
-    kind: str = "auto",
-    model_path: str | os.PathLike[str] | None = None,
-    *,
-    download: bool = True,
-    **options: Any,
-) -> FaceDetector:
+def create_detector(kind: str = "auto", model_path: str | os.PathLike[str] | None = None, **options: Any) -> FaceDetector:
     """Creates a face detector.
 
     Args:
-        kind: ``"yunet"``, ``"haar"``, or ``"auto"``: YuNet when its model resolves (see `resolve_yunet_model`;
-            this may download it), else Haar with a warning.
-        model_path: The YuNet ONNX file; None to resolve it.
-        download: Whether resolving the YuNet model may download it.
-        **options: Keyword arguments of the detector's constructor (`YuNetDetector` or `HaarDetector`). When
-            ``"auto"`` falls back to Haar, YuNet-only options (thresholds, ``top_k``) are dropped.
+        kind: ``"yunet"`` (``"auto"`` is the same: the packaged YuNet unless `model_path` or ``$FER_YUNET_MODEL``
+            names another copy), or ``"haar"``, used only when asked for.
+        model_path: The YuNet ONNX file; None to resolve it (see `resolve_yunet_model`).
+        **options: Keyword arguments of the detector's constructor (`YuNetDetector` or `HaarDetector`);
+            YuNet-only options (thresholds, ``top_k``) are ignored for Haar.
 
     Raises:
-        DetectorError: for an unknown `kind`, or ``"yunet"`` (or an explicit `model_path`) without a usable
-            model file.
+        DetectorError: for an unknown `kind`, or a YuNet model file that is missing or not the expected one.
     """
     if kind not in DETECTOR_KINDS:
         raise DetectorError(f"unknown detector {kind!r}; expected one of {', '.join(DETECTOR_KINDS)}")
     if kind == "haar":
-        return HaarDetector(**options)
-    try:
-        resolved = resolve_yunet_model(model_path, download=download)
-    except ModelDownloadError as exc:
-        if kind == "yunet":
-            raise
-        resolved = None
-        logger.warning("%s", exc)
-    if resolved is not None:
-        return YuNetDetector(resolved, **options)
-    if kind == "yunet":
-        raise DetectorError(
-            f"the YuNet face detector model is not available (not cached and not downloadable); pass "
-            f"--detector-model with the path to {YUNET_FILENAME} or set {YUNET_ENV} (download: {YUNET_URL})"
-        )
-    warnings.warn(
-        f"YuNet model not available (pass --detector-model or set {YUNET_ENV}); falling back to the Haar "
-        "cascade face detector, which misses more faces",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return HaarDetector(**{key: value for key, value in options.items() if key not in _YUNET_ONLY_OPTIONS})
+        return HaarDetector(**{key: value for key, value in options.items() if key not in _YUNET_ONLY_OPTIONS})
+    return YuNetDetector(resolve_yunet_model(model_path), **options)

@@ -67,6 +67,7 @@ class FrameAnnotator:
             frame_index: Position of the frame in the source (every frame read counts).
             timestamp_s: Its time in seconds; not earlier than the previous frame's.
         """
+        from fer_core.measures import measure_faces
         from fer_core.preprocess import crop_faces  # imports torch: only once there is a frame to annotate
 
         base = {"video_id": self.video_id, "video_path": self.video_path, "frame_index": int(frame_index),
@@ -78,6 +79,7 @@ class FrameAnnotator:
             return [{**base, **{name: None for name in FACES_SCHEMA.names if name not in base}}]
         crops = crop_faces(rgb, detections.boxes, margin=self.spec.crop_margin, out_size=self.spec.input_size)
         probs = self.classifier.predict_proba(crops)[:, self._column_of_class]
+        measures = measure_faces(rgb, detections)
         rows = []
         for i in range(len(detections)):
             best = int(np.argmax(probs[i]))
@@ -86,6 +88,7 @@ class FrameAnnotator:
                 "x": int(boxes[i, 0]), "y": int(boxes[i, 1]), "w": int(boxes[i, 2]), "h": int(boxes[i, 3]),
                 "det_score": float(detections.scores[i]), "emotion": EMOTIONS[best], "confidence": float(probs[i, best]),
                 **{column: float(probs[i, j]) for j, column in enumerate(PROB_COLUMNS)},
+                **{column: None if math.isnan(values[i]) else float(values[i]) for column, values in measures.items()},
             })
         return rows
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from fer_core import storage
 from fer_core.labels import EMOTIONS, PROB_COLUMNS
+from fer_core.measures import MEASURE_COLUMNS
 from fer_core.schema import FACES_SCHEMA, STATUS_FAILED, STATUS_OK, VIDEOS_SCHEMA, with_run_metadata
 from fer_core.segment import KIND_END, KIND_ERROR, KIND_FACE
 from fer_core.track import IoUTracker
@@ -147,7 +148,8 @@ class Assembler:
         if parts:
             cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "crop"}
         else:
-            cols = {k: np.zeros(0) for k in ("timestamp_s", "frame_index", "face_index", "kind", "x", "y", "w", "h", "det_score", *PROB_COLUMNS)}
+            cols = {k: np.zeros(0) for k in ("timestamp_s", "frame_index", "face_index", "kind", "x", "y", "w", "h",
+                                             "det_score", *PROB_COLUMNS, *MEASURE_COLUMNS)}
         order = np.lexsort((cols["face_index"], cols["frame_index"]))
         cols = {k: v[order] for k, v in cols.items()}
         n = len(order)
@@ -182,6 +184,9 @@ class Assembler:
             "emotion": pa.array(emotion, pa.string(), mask=~is_face),
             "confidence": masked(probs.max(1) if n else np.zeros(0, np.float32), pa.float32()),
             **{c: masked(probs[:, j], pa.float32()) for j, c in enumerate(PROB_COLUMNS)},
+            # NaN measures (no landmarks, a degenerate box) are nulls, like the fields of a frame without a face.
+            **{c: pa.array(cols[c].astype(np.float32), pa.float32(), mask=~is_face | np.isnan(cols[c].astype(np.float32)))
+               for c in MEASURE_COLUMNS},
         }
         return pa.Table.from_arrays([arrays[f.name] for f in FACES_SCHEMA], schema=FACES_SCHEMA)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from fer_core.labels import PROB_COLUMNS
+from fer_core.measures import MEASURE_COLUMNS
 
 FACES_SCHEMA = pa.schema(
     [
@@ -29,6 +30,9 @@ FACES_SCHEMA = pa.schema(
         pa.field("emotion", pa.string()),
         pa.field("confidence", pa.float32()),
         *[pa.field(name, pa.float32()) for name in PROB_COLUMNS],
+        # Landmarks, head pose and quality (fer_core.measures documents units and sign conventions); null where
+        # the detector gives no landmarks (Haar) for the landmark-based ones.
+        *[pa.field(name, pa.float32()) for name in MEASURE_COLUMNS],
     ]
 )
 """One row per detected face per sampled frame; a sampled frame without faces has one row with null face fields."""

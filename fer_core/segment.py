@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fer_core.config import AnnotateOptions
+from fer_core.measures import MEASURE_COLUMNS, measure_faces
 from fer_core.preprocess import Preprocessing, crop_faces, to_channels
 
 KIND_FACE = "face"
@@ -27,7 +28,7 @@ KIND_ERROR = "error"
 ROW_COLUMNS = (
     "video_id", "video_path", "segment_index", "n_segments", "kind", "frame_index", "timestamp_s", "face_index",
     "x", "y", "w", "h", "det_score", "rows_emitted", "frames_sampled", "error", "seconds",
-    "duration_s", "fps", "width", "height", "decoder",
+    "duration_s", "fps", "width", "height", "decoder", *MEASURE_COLUMNS,
 )
 FACT_COLUMNS = ("duration_s", "fps", "width", "height", "decoder")
 
@@ -114,7 +115,7 @@ class _Batch:
         self.crops: list[np.ndarray] = []
 
     def add(self, kind: str, frame_index: int, timestamp_s: float, face_index: int, box: np.ndarray | None,
-            score: float, crop: np.ndarray | None, **extra: Any) -> None:
+            score: float, crop: np.ndarray | None, measures: dict[str, float] | None = None, **extra: Any) -> None:
         c = self.cols
         c["video_id"].append(self.task.video_id)
         c["video_path"].append(self.task.video_path)
@@ -136,6 +137,8 @@ class _Batch:
         c["width"].append(self.task.width)
         c["height"].append(self.task.height)
         c["decoder"].append(self.task.decoder)
+        for name in MEASURE_COLUMNS:
+            c[name].append(measures[name] if measures is not None else math.nan)
         self.crops.append(crop if crop is not None else np.zeros(self.crop_shape, np.uint8))
 
     def __len__(self) -> int:
@@ -154,6 +157,7 @@ class _Batch:
             "fps": np.array(self.cols["fps"], dtype=np.float64),
             "decoder": np.array(self.cols["decoder"], dtype=object),
             "crop": np.stack(self.crops) if self.crops else np.zeros((0, *self.crop_shape), np.uint8),
+            **{name: np.array(self.cols[name], dtype=np.float32) for name in MEASURE_COLUMNS},
         }
         for name in ("segment_index", "n_segments", "frame_index", "face_index", "x", "y", "w", "h",
                      "rows_emitted", "frames_sampled", "width", "height"):
@@ -195,9 +199,10 @@ def process_segment(
                 crops = crop_faces(frame.image, dets.boxes, margin=spec.crop_margin, out_size=spec.input_size)
                 if spec.channels == 1:
                     crops = to_channels(crops, 1)[..., 0]
+                measures = measure_faces(frame.image, dets)
                 for i in range(len(dets)):
                     batch.add(KIND_FACE, frame.frame_index, frame.timestamp_s, i, dets.boxes[i],
-                              float(dets.scores[i]), crops[i])
+                              float(dets.scores[i]), crops[i], {k: float(v[i]) for k, v in measures.items()})
             if frames % CHUNK_FRAMES == 0:
                 rows += len(batch)
                 yield batch.flush()

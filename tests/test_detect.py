@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import pickle
-import shutil
-import threading
-import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,7 +14,6 @@ from fer_core.detect import (
     Detections,
     DetectorError,
     HaarDetector,
-    ModelDownloadError,
     YuNetDetector,
     create_detector,
     resolve_yunet_model,
@@ -31,21 +24,11 @@ from fer_core.video import iter_frames
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty model cache and no FER_YUNET_MODEL."""
+    """Every test gets an empty cache folder and no FER_YUNET_MODEL."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("FER_CACHE_DIR", str(cache))
     monkeypatch.delenv("FER_YUNET_MODEL", raising=False)
     return cache
-
-
-@pytest.fixture()
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Makes any model download fail as it would offline."""
-
-    def offline(url: str, target: Path) -> None:
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(detect, "_download", offline)
 
 
 def _frame_at(shared_dir: Path, name: str, time_s: float) -> np.ndarray:
@@ -114,6 +97,11 @@ def test_detections_scale_and_clip() -> None:
     np.testing.assert_allclose(found.scale((2.0, 3.0)).landmarks[0, 1], [4.0, 9.0])
     clipped = Detections.without_landmarks(np.array([[-5, -5, 20, 20], [90, 40, 30, 30]]), np.ones(2)).clip(100, 50)
     np.testing.assert_allclose(clipped.boxes, [[0, 0, 15, 15], [90, 40, 10, 10]])
+    np.testing.assert_allclose(clipped.in_frame, [15 * 15 / 400, 10 * 10 / 900], rtol=1e-6)
+    np.testing.assert_allclose(clipped[1].in_frame, [10 * 10 / 900], rtol=1e-6)  # indexing keeps it
+    assert found.in_frame.tolist() == [1.0] and found.scale(2.0).in_frame.tolist() == [1.0]
+    with pytest.raises(ValueError, match="in_frame must have shape"):
+        Detections(np.zeros((2, 4)), np.zeros(2), np.zeros((2, 5, 2)), np.ones(3))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +178,14 @@ def test_describe(yunet_model: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Model resolution
+# Model resolution (no network anywhere: the model ships inside the package)
+
+
+def test_packaged_model_is_the_real_file() -> None:
+    assert detect.PACKAGED_YUNET.stat().st_size == detect.YUNET_BYTES
+    assert detect._sha256(detect.PACKAGED_YUNET) == detect.YUNET_SHA256
+    notice = (detect.PACKAGED_YUNET.parent / "LICENSE").read_text()
+    assert "MIT License" in notice and "Shiqi Yu" in notice and detect.YUNET_SHA256 in notice
 
 
 def test_resolve_explicit_path(yunet_model: Path, tmp_path: Path) -> None:
@@ -199,86 +194,30 @@ def test_resolve_explicit_path(yunet_model: Path, tmp_path: Path) -> None:
         resolve_yunet_model(tmp_path / "missing.onnx")
     pointer = tmp_path / "face_detection_yunet_2023mar.onnx"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\n")
-    with pytest.raises(DetectorError, match="sha256.*download the real file"):
+    with pytest.raises(DetectorError, match="sha256.*pass the real file"):
         resolve_yunet_model(pointer)
 
 
-def test_resolve_from_env_then_cache(
-    yunet_model: Path, _isolated_cache: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
-) -> None:
+def test_resolve_env_then_packaged(yunet_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FER_YUNET_MODEL", str(yunet_model))
     assert resolve_yunet_model() == str(yunet_model)
     monkeypatch.setenv("FER_YUNET_MODEL", "/nonexistent/yunet.onnx")
     with pytest.raises(DetectorError, match="FER_YUNET_MODEL"):
         resolve_yunet_model()
     monkeypatch.delenv("FER_YUNET_MODEL")
-    assert resolve_yunet_model() is None  # empty cache, download fails
-    assert resolve_yunet_model(download=False) is None
-    _isolated_cache.mkdir(parents=True)
-    shutil.copy(yunet_model, _isolated_cache / detect.YUNET_FILENAME)
-    assert resolve_yunet_model() == str(_isolated_cache / detect.YUNET_FILENAME)
+    assert resolve_yunet_model() == str(detect.PACKAGED_YUNET)
+
+
+def test_missing_packaged_model_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detect, "PACKAGED_YUNET", tmp_path / detect.YUNET_FILENAME)
+    with pytest.raises(DetectorError, match="lacks its packaged face detector.*reinstall.*--detector-model"):
+        create_detector("auto")
 
 
 def test_cache_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FER_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert detect.cache_dir() == tmp_path / "xdg" / "fer_core"
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests: list[str] = []
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        type(self).requests.append(self.path)
-        super().do_GET()
-
-
-@pytest.fixture()
-def file_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
-    """An HTTP server on 127.0.0.1 serving a temporary folder: (base URL, folder, requested paths)."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = type("Handler", (_QuietHandler,), {"requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, handler.requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def test_download_verifies_and_caches(
-    file_server: tuple[str, Path, list[str]], yunet_model: Path, _isolated_cache: Path
-) -> None:
-    base_url, root, requests = file_server
-    shutil.copy(yunet_model, root / "model.onnx")
-    cached = resolve_yunet_model(url=f"{base_url}/model.onnx")
-    assert cached == str(_isolated_cache / detect.YUNET_FILENAME)
-    assert detect._sha256(cached) == detect.YUNET_SHA256
-    assert resolve_yunet_model(url=f"{base_url}/model.onnx") == cached
-    assert requests == ["/model.onnx"]  # downloaded once, then read from the cache
-
-
-def test_download_rejects_wrong_bytes(file_server: tuple[str, Path, list[str]], _isolated_cache: Path) -> None:
-    base_url, root, _ = file_server
-    (root / "pointer.onnx").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:8f23\n")
-    with pytest.raises(ModelDownloadError, match="is not face_detection_yunet_2023mar.onnx"):
-        resolve_yunet_model(url=f"{base_url}/pointer.onnx")
-    assert list(_isolated_cache.iterdir()) == []  # no partial or wrong file left behind
-
-
-def test_download_failure_returns_none(
-    file_server: tuple[str, Path, list[str]], caplog: pytest.LogCaptureFixture
-) -> None:
-    base_url, _, _ = file_server
-    assert resolve_yunet_model(url=f"{base_url}/missing.onnx") is None  # HTTP 404
-    assert "could not download" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,20 +233,16 @@ def test_create_detector_kinds(yunet_model: Path) -> None:
         create_detector("mtcnn")
 
 
-def test_auto_falls_back_to_haar(no_network: None) -> None:
-    with pytest.warns(RuntimeWarning, match="falling back to the Haar cascade"):
-        detector = create_detector("auto", score_threshold=0.9, max_side=320)
-    assert isinstance(detector, HaarDetector) and detector.max_side == 320
+def test_auto_is_the_packaged_yunet_and_haar_only_when_asked() -> None:
+    detector = create_detector("auto", score_threshold=0.9, max_side=320)
+    assert isinstance(detector, YuNetDetector) and detector.model_path == str(detect.PACKAGED_YUNET)
+    assert detector.max_side == 320 and detector.score_threshold == 0.9
+    haar = create_detector("haar", score_threshold=0.9, max_side=320)  # YuNet-only options are ignored
+    assert isinstance(haar, HaarDetector) and haar.max_side == 320
 
 
-def test_yunet_without_model_says_how_to_fix(no_network: None) -> None:
-    with pytest.raises(DetectorError, match="--detector-model.*FER_YUNET_MODEL"):
-        create_detector("yunet")
+def test_yunet_with_a_wrong_model_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(DetectorError, match="--detector-model"):
+        create_detector("yunet", tmp_path / "missing.onnx")
     with pytest.raises(DetectorError, match="--detector-model"):
         YuNetDetector("/nonexistent/model.onnx")
-
-
-def test_auto_uses_the_cached_model(yunet_model: Path, _isolated_cache: Path, no_network: None) -> None:
-    _isolated_cache.mkdir(parents=True)
-    shutil.copy(yunet_model, _isolated_cache / detect.YUNET_FILENAME)
-    assert isinstance(create_detector(), YuNetDetector)

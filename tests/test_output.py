@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from fer_core.labels import PROB_COLUMNS
@@ -16,7 +17,12 @@ def test_schema_has_the_contract_columns():
     assert FACES_SCHEMA.names == [
         "video_id", "video_path", "frame_index", "timestamp_s", "face_index", "track_id", "x", "y", "w", "h",
         "det_score", "emotion", "confidence", *PROB_COLUMNS,
+        "lm_right_eye_x", "lm_right_eye_y", "lm_left_eye_x", "lm_left_eye_y", "lm_nose_x", "lm_nose_y",
+        "lm_mouth_right_x", "lm_mouth_right_y", "lm_mouth_left_x", "lm_mouth_left_y",
+        "roll_deg", "yaw_deg", "pitch_deg", "sharpness", "brightness", "in_frame", "iod_px",
     ]
+    for name in FACES_SCHEMA.names[FACES_SCHEMA.names.index("lm_right_eye_x"):]:
+        assert FACES_SCHEMA.field(name).type == pa.float32(), name
     for name in ("video_path", "status", "error", "duration_s", "fps", "width", "height", "frames_sampled",
                  "frames_with_face", "faces", "detector", "model", "seconds"):
         assert name in VIDEOS_SCHEMA.names

@@ -13,6 +13,7 @@ import pytest
 from fer_core.config import AnnotateOptions
 from fer_core.detect import create_detector
 from fer_core.labels import EMOTIONS, PROB_COLUMNS
+from fer_core.measures import MEASURE_COLUMNS
 from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA, read_run_metadata
 from fer_core.video import iter_frames, list_inputs, video_id
 
@@ -135,7 +136,7 @@ def test_face_and_noface_rows(segmented_run, inputs):
     has_face = noface.groupby("frame_index").face_index.apply(lambda s: s.notna().any())
     assert has_face.iloc[:5].all() and not has_face.iloc[-5:].any()
     blank = noface[noface.face_index.isna()]
-    for col in ["track_id", "x", "y", "w", "h", "det_score", "emotion", "confidence", *PROB_COLUMNS]:
+    for col in ["track_id", "x", "y", "w", "h", "det_score", "emotion", "confidence", *PROB_COLUMNS, *MEASURE_COLUMNS]:
         assert blank[col].isna().all(), col
     # Several faces in one frame (audience cutaways in the Hamilton clip) get distinct indices and tracks.
     ham = faces[faces.video_id == video_id(str(inputs["face_recognition_short_hamilton_clip.mp4"]))]

@@ -201,7 +201,7 @@ def test_annotation_classifier_serves_the_trained_model(trained_run: TrainedRun,
     capture.release()
     assert ok, "could not decode posed_happy.mp4"
     frame = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-    faces = create_detector("yunet", yunet_model, download=False).detect(frame)
+    faces = create_detector("yunet", yunet_model).detect(frame)
     assert len(faces) >= 1
     spec = classifier.meta.preprocessing
     crops = crop_faces(frame, faces.boxes[:1], margin=spec.crop_margin, out_size=2 * spec.input_size)
