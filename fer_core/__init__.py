@@ -25,6 +25,9 @@ _EXPORTS = {
     "video_summary": "fer_core.analysis",
     "track_summary": "fer_core.analysis",
     "emotion_windows": "fer_core.analysis",
+    "emotion_episodes": "fer_core.analysis",
+    "UsableRule": "fer_core.analysis",
+    "usable_faces": "fer_core.analysis",
 }
 __all__ = sorted(_EXPORTS)
 

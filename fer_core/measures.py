@@ -100,9 +100,16 @@ def head_pose(landmarks: np.ndarray, width: int, height: int) -> tuple[np.ndarra
     return yaw, pitch
 
 
-def _quality(gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def face_sharpness(gray_face: np.ndarray) -> float:
+    """The ``sharpness`` of a grey face image (the face box cut from the frame): the variance of the Laplacian
+    after resizing it to `SHARPNESS_SIDE` pixels square."""
     import cv2
 
+    square = cv2.resize(gray_face, (SHARPNESS_SIDE, SHARPNESS_SIDE), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(square, cv2.CV_64F).var())
+
+
+def _quality(gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(boxes)
     sharpness = np.full(n, np.nan, np.float32)
     brightness = np.full(n, np.nan, np.float32)
@@ -113,8 +120,7 @@ def _quality(gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarra
         if x1 - x0 < 2 or y1 - y0 < 2:
             continue
         region = gray[y0:y1, x0:x1]
-        square = cv2.resize(region, (SHARPNESS_SIDE, SHARPNESS_SIDE), interpolation=cv2.INTER_AREA)
-        sharpness[i] = float(cv2.Laplacian(square, cv2.CV_64F).var())
+        sharpness[i] = face_sharpness(region)
         brightness[i] = float(region.mean())
     return sharpness, brightness
 

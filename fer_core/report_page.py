@@ -1,6 +1,7 @@
 """A run's timelines as one self-contained HTML page: the videos table (failures highlighted) and, per finished
-video, its summary, its tracks and a plot of the seven probabilities over time per track (PNG, embedded as
-base64). Plots use matplotlib's Agg canvas through ``matplotlib.figure.Figure``: no display, no global state.
+video, its summary (with the face-frames the usable-face rule dropped, when one is applied), its tracks, a plot of
+the seven probabilities over time per track (PNG, embedded as base64) and its emotion episodes. Plots use
+matplotlib's Agg canvas through ``matplotlib.figure.Figure``: no display, no global state.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from fer_core.analysis import SHARE_COLUMNS, smooth_tracks, track_summary, video_summary
+from fer_core.analysis import (
+    SHARE_COLUMNS,
+    UsableRule,
+    emotion_episodes,
+    smooth_tracks,
+    track_summary,
+    usable_faces,
+    video_summary,
+)
 from fer_core.labels import EMOTIONS, PROB_COLUMNS
 from fer_core.schema import STATUS_OK
 
@@ -28,6 +37,7 @@ EMOTION_COLOURS: dict[str, str] = {
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1em; margin: 1.2em 0 0.2em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -42,7 +52,11 @@ class Report:
 
     html: str
     pngs: dict[str, bytes] = field(default_factory=dict)
-    """File name -> PNG bytes, one plot per finished video with faces."""
+    """File name -> PNG bytes, one plot per finished video with (usable) faces."""
+    episodes: int = 0
+    """Emotion episodes listed, over all videos."""
+    faces_dropped: int | None = None
+    """Face-frames the usable-face rule dropped, over all videos; None when no rule was applied."""
 
 
 def _cell(value: object, digits: int = 2) -> tuple[str, bool]:
@@ -132,22 +146,54 @@ def _percent(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _usable_note(faces: pd.DataFrame, usable: UsableRule | None, dropped: int, total: int) -> str:
+    """The page's line on which faces count."""
+    if usable is not None:
+        return (f"Usable faces only ({html.escape(usable.describe())}): {dropped:,} of {total:,} face-frames dropped. "
+                "Frames sampled still counts every sampled frame; face_frame_% is the share with a usable face.")
+    missing = UsableRule().missing_columns(faces)
+    if missing:
+        return ("All faces counted: these timelines have no head-pose and quality columns "
+                f"({html.escape(', '.join(missing))}; written before jobs/annotate.py recorded them). "
+                "Re-run jobs/annotate.py with --overwrite to leave out turned, blurred, small and cut-off faces.")
+    return "All faces counted (--all-faces): none left out for pose, blur, size or the frame edge."
+
+
 def build_report(
-    faces: pd.DataFrame, videos: pd.DataFrame, *, smooth_s: float = 1.0, max_tracks: int = 6, title: str = ""
+    faces: pd.DataFrame,
+    videos: pd.DataFrame,
+    *,
+    smooth_s: float = 1.0,
+    max_tracks: int = 6,
+    title: str = "",
+    usable: UsableRule | None = None,
+    min_episode_s: float = 2.0,
+    max_gap_s: float = 1.0,
 ) -> Report:
     """The HTML page of a run.
 
     Args:
         faces, videos: From :func:`fer_core.analysis.load_timelines`.
         smooth_s: Width of the centred rolling window, seconds of video time, applied to the plotted
-            probabilities (0 = raw).
+            probabilities and before finding episodes (0 = raw).
         max_tracks: Plot at most this many tracks per video, the longest (by face-time); the page says so when
             it leaves tracks out.
         title: Shown at the top (e.g. the timelines folder).
+        usable: Count, plot and find episodes in only the faces this rule keeps
+            (:func:`fer_core.analysis.usable_faces`); the page says how many face-frames it dropped per video.
+            None = every face (the page says why, when the timelines lack the columns the rule reads).
+        min_episode_s, max_gap_s: Of :func:`fer_core.analysis.emotion_episodes`, listed per video.
+
+    Raises:
+        fer_core.analysis.TimelineError: ``faces`` lacks a column ``usable`` needs.
+        ValueError: ``min_episode_s`` or ``max_gap_s`` is negative.
     """
-    smooth = smooth_tracks(faces, window_s=smooth_s) if smooth_s > 0 else faces
-    summary = video_summary(faces, videos)
-    tracks = track_summary(faces)
+    smooth = smooth_tracks(faces, window_s=smooth_s, usable=usable) if smooth_s > 0 else faces
+    summary = video_summary(faces, videos, usable=usable)
+    tracks = track_summary(faces, usable=usable)
+    episodes = emotion_episodes(smooth, min_episode_s, max_gap_s=max_gap_s, usable=usable)
+    plotted_rows = smooth[usable_faces(smooth, usable)] if usable is not None else smooth
+    dropped = int(summary["faces_dropped"].sum()) if usable is not None else 0
     pngs: dict[str, bytes] = {}
     ok = videos["status"] == STATUS_OK
     model = ", ".join(sorted(videos["model"].dropna().unique()))
@@ -157,6 +203,7 @@ def build_report(
         f'<p class="note">{len(videos)} videos: {int(ok.sum())} ok, {int((~ok).sum())} failed. '
         f"Model {html.escape(model or '?')}, detector {html.escape(detector or '?')}. "
         f"Plots smoothed over {smooth_s:g} s of video time. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+        f'<p class="note">{_usable_note(faces, usable, dropped, int(summary["faces"].sum()) + dropped)}</p>',
         '<p class="note">The model labels facial expressions as displayed, the way FER-2013\'s annotators labelled '
         "web images; it does not read what anyone feels. Use these numbers for aggregate, human-reviewed analysis.</p>",
         "<h2>Videos</h2>",
@@ -168,18 +215,24 @@ def build_report(
     table = table.astype({c: "Int64" for c in counts})  # null for failed videos
     parts.append(html_table(table, ["" if s == STATUS_OK else "failed" for s in table["status"]], {"status": "status"}))
 
+    dropped_column = ["faces_dropped"] if usable is not None else []
     for _, video in summary[summary["status"] == STATUS_OK].iterrows():
         name = os.path.basename(str(video["video_path"]).rstrip("/"))
         parts.append(f"<h2>{html.escape(name)}</h2><p class=\"note\">{html.escape(str(video['video_path']))} "
                      f"(video id {html.escape(video['video_id'])})</p>")
         shown = _percent(video.to_frame().T, ["face_frame_share", *SHARE_COLUMNS])
-        shown = shown[["duration_s", "frames_sampled", "face_frame_share", "faces", "tracks", "face_time_s",
-                       "dominant_emotion", *SHARE_COLUMNS]].rename(columns={"face_frame_share": "face_frame_%"})
+        shown = shown[["duration_s", "frames_sampled", "face_frame_share", "faces", *dropped_column, "tracks",
+                       "face_time_s", "dominant_emotion", *SHARE_COLUMNS]]
+        shown = shown.rename(columns={"face_frame_share": "face_frame_%"})
         shown.columns = [c.replace("share_", "% ") for c in shown.columns]
         parts.append(html_table(shown.infer_objects()))
         video_tracks = tracks[tracks["video_id"] == video["video_id"]]
         if video_tracks.empty:
-            parts.append('<p class="note">No faces were detected in this video.</p>')
+            if usable is not None and video["faces_dropped"] > 0:
+                parts.append(f'<p class="note">No usable faces in this video: the rule dropped all '
+                             f"{int(video['faces_dropped']):,} face-frames.</p>")
+            else:
+                parts.append('<p class="note">No faces were detected in this video.</p>')
             continue
         longest = video_tracks.sort_values(["duration_s", "start_s"], ascending=[False, True]).head(max_tracks)
         plotted = sorted(longest["track_id"].astype(int).tolist(), key=lambda t: float(
@@ -187,7 +240,7 @@ def build_report(
         if len(video_tracks) > len(plotted):
             parts.append(f'<p class="note">Plotting the {len(plotted)} longest of {len(video_tracks)} tracks '
                          f"(--max-tracks); the table lists them all.</p>")
-        png = timeline_png(smooth[smooth["video_id"] == video["video_id"]], plotted, video["duration_s"],
+        png = timeline_png(plotted_rows[plotted_rows["video_id"] == video["video_id"]], plotted, video["duration_s"],
                            f"{name}: probabilities per track over time")
         png_name = _png_name(video["video_path"], video["video_id"])
         pngs[png_name] = png
@@ -195,10 +248,13 @@ def build_report(
         parts.append(f'<img alt="probabilities per track over time for {html.escape(name)}" '
                      f'src="data:image/png;base64,{encoded}">')
         track_table = _percent(video_tracks, list(SHARE_COLUMNS))
-        track_table = track_table[["track_id", "start_s", "end_s", "duration_s", "frames", "dominant_emotion",
+        track_table = track_table[["track_id", "start_s", "end_s", "duration_s", "frames",
+                                   *(["frames_dropped"] if usable is not None else []), "dominant_emotion",
                                    *SHARE_COLUMNS]]
         track_table.columns = [c.replace("share_", "% ") for c in track_table.columns]
         parts.append(html_table(track_table))
+        parts.append(_episodes_part(episodes[episodes["video_id"] == video["video_id"]], min_episode_s, max_gap_s,
+                                    smooth_s))
     if not ok.any():
         parts.append('<p class="note">No video finished: nothing to plot.</p>')
     page = (
@@ -206,4 +262,15 @@ def build_report(
         f"<title>Emotion timelines{': ' + html.escape(title) if title else ''}</title><style>{_CSS}</style></head>"
         f"<body>\n{chr(10).join(parts)}\n</body></html>\n"
     )
-    return Report(page, pngs)
+    return Report(page, pngs, episodes=len(episodes), faces_dropped=dropped if usable is not None else None)
+
+
+def _episodes_part(episodes: pd.DataFrame, min_episode_s: float, max_gap_s: float, smooth_s: float) -> str:
+    """One video's episodes: a heading, what they are, and their table (or a line saying there is none)."""
+    what = (f"Stretches of at least {min_episode_s:g} s where one emotion is a track's most probable class "
+            f"(probabilities smoothed over {smooth_s:g} s; a track unseen for more than {max_gap_s:g} s ends one)")
+    if episodes.empty:
+        return f'<h3>Episodes</h3><p class="note">{html.escape(what)}: none in this video.</p>'
+    shown = episodes[["track_id", "start_s", "end_s", "duration_s", "emotion", "mean_p", "frames"]]
+    return (f'<h3>Episodes</h3><p class="note">{html.escape(what)}: {len(episodes)} in this video.</p>'
+            + html_table(shown.rename(columns={"mean_p": "mean p"})))

@@ -1,5 +1,6 @@
-"""jobs/report.py and jobs/render.py: interpolation and page building on tiny timelines, then the commands as a
-user runs them on the real job's output, with their error paths."""
+"""jobs/report.py and jobs/render.py: interpolation and page building on tiny timelines (episodes and the
+usable-face rule included), then the commands as a user runs them on hand-built and on the real job's output,
+with their error paths."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fer_core.analysis import TimelineError, UsableRule
 from fer_core.labels import EMOTIONS
+from fer_core.measures import MEASURE_COLUMNS
 from fer_core.overlay import TrackInterpolator, draw_faces, faces_from_rows
 from fer_core.report_page import build_report
 from fer_core.schema import FACES_SCHEMA, VIDEOS_SCHEMA
@@ -137,11 +140,146 @@ def test_build_report_tracks_failures_and_escaping():
 
 
 # --------------------------------------------------------------------------------------------------
+# Episodes and the usable-face rule on the page
+
+
+def measured(row: dict, yaw: float = 0.0, sharpness: float = 100.0, in_frame: float = 1.0) -> dict:
+    """A face row with the head pose and quality the usable-face rule reads."""
+    return {**row, "yaw_deg": yaw, "sharpness": sharpness, "in_frame": in_frame}
+
+
+def usable_rows() -> list[dict]:
+    """Video "v": track 0 happy for 3 s then sad for 2 s at 5 fps, turned away (yaw 60) at 1.0-1.4 s; video
+    "w": one track whose 5 faces are all blurred."""
+    rows = [measured(face(i / 5, 0, "happy" if i < 15 else "sad", frame=i), yaw=60.0 if 5 <= i <= 7 else 0.0)
+            for i in range(25)]
+    rows += [measured({**face(i / 5, 0, "angry", frame=i), "video_id": "w", "video_path": "/v/blurred.mp4"},
+                      sharpness=1.0) for i in range(5)]
+    return rows
+
+
+USABLE_VIDEOS = [
+    {"video_id": "v", "video_path": "/v/clip.mp4", "status": "ok", "duration_s": 5.0},
+    {"video_id": "w", "video_path": "/v/blurred.mp4", "status": "ok", "duration_s": 1.0},
+]
+
+
+def usable_videos() -> pd.DataFrame:
+    return videos_frame(USABLE_VIDEOS)
+
+
+def section(page: str, name: str) -> str:
+    """The part of the page about one video."""
+    return page.split(f"<h2>{name}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def table_rows(part: str, after: str) -> list[list[str]]:
+    """The cells of the first table after `after` in `part`."""
+    body = part.split(after, 1)[1].split("</table>", 1)[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1])]
+
+
+def test_report_with_usable_rule_shows_drops_and_episodes():
+    report = build_report(faces_frame(usable_rows()), usable_videos(), smooth_s=0, usable=UsableRule())
+    page = report.html
+    assert report.faces_dropped == 3 + 5 and report.episodes == 2
+    assert ("Usable faces only (|yaw| &lt;= 40 deg, sharpness &gt;= 40, min(w, h) &gt;= 40 px, in frame &gt;= 90%; "
+            "unknown measures kept): 8 of 30 face-frames dropped.") in page
+    clip = section(page, "clip.mp4")
+    header = re.search(r"<thead><tr>(.*?)</tr>", clip).group(1)
+    assert "<th>faces</th><th>faces_dropped</th>" in header
+    summary = table_rows(clip, "</p>")[0]
+    assert summary[1:5] == ["25", "88.00", "22", "3"]  # frames sampled, face_frame_%, faces, faces_dropped
+    # The turned-away frames are a 0.6 s gap in track 0 (under --max-gap-s 1): one happy episode, then sad.
+    assert table_rows(clip, "<h3>Episodes</h3>") == [
+        ["0", "0.00", "3.00", "3.00", "happy", "0.70", "12"],
+        ["0", "3.00", "5.00", "2.00", "sad", "0.70", "10"],
+    ]
+    assert "Episodes</h3><p class=\"note\">Stretches of at least 2 s" in clip and ": 2 in this video." in clip
+    blurred = section(page, "blurred.mp4")
+    assert "No usable faces in this video: the rule dropped all 5 face-frames." in blurred
+    assert len(report.pngs) == 1  # nothing to plot for the blurred video
+
+
+def test_report_episodes_need_min_episode_s_and_follow_gaps():
+    faces = faces_frame(usable_rows())
+    page = build_report(faces, usable_videos(), smooth_s=0, usable=UsableRule(), max_gap_s=0.5).html
+    # The gap of 0.6 s now splits the happy stretch into 1.0 s and 1.4 s: both too short.
+    assert [r[:5] for r in table_rows(section(page, "clip.mp4"), "<h3>Episodes</h3>")] == [
+        ["0", "3.00", "5.00", "2.00", "sad"]]
+    page = build_report(faces, usable_videos(), smooth_s=0, min_episode_s=6.0).html
+    assert "ends one): none in this video." in section(page, "clip.mp4")
+    with pytest.raises(ValueError, match="min_duration_s must be"):
+        build_report(faces, usable_videos(), min_episode_s=-1.0)
+
+
+def test_report_without_rule_and_on_older_timelines():
+    faces = faces_frame(usable_rows())
+    report = build_report(faces, usable_videos(), smooth_s=0)
+    assert report.faces_dropped is None
+    assert "All faces counted (--all-faces)" in report.html and "faces_dropped" not in report.html
+    # All faces count: the turned-away frames bridge nothing, track 0 is happy for 3 s without a gap.
+    assert table_rows(section(report.html, "clip.mp4"), "<h3>Episodes</h3>")[0][:4] == ["0", "0.00", "3.00", "3.00"]
+    old = faces.drop(columns=list(MEASURE_COLUMNS))
+    page = build_report(old, usable_videos()).html
+    assert "All faces counted: these timelines have no head-pose and quality columns (yaw_deg, sharpness, in_frame;" in page
+    with pytest.raises(TimelineError, match="re-run jobs/annotate.py with --overwrite"):
+        build_report(old, usable_videos(), usable=UsableRule())
+
+
+def _write_run(out: Path, faces: pa.Table) -> Path:
+    (out / "faces").mkdir(parents=True)
+    (out / "videos").mkdir()
+    for vid in ("v", "w"):
+        pq.write_table(faces.filter(pa.compute.equal(faces["video_id"], vid)), out / "faces" / f"{vid}.parquet")
+    for row in USABLE_VIDEOS:
+        pq.write_table(pa.Table.from_pylist([row], schema=VIDEOS_SCHEMA), out / "videos" / f"{row['video_id']}.parquet")
+    return out
+
+
+def test_report_command_usable_by_default_and_all_faces(tmp_path):
+    out = _write_run(tmp_path / "run", pa.Table.from_pylist(usable_rows(), schema=FACES_SCHEMA))
+    html = tmp_path / "r.html"
+    r = invoke("report.py", str(out), "--html", str(html), "--smooth-s", "0")
+    assert r.returncode == 0, r.stderr
+    assert "2 episodes, usable faces only, 8 face-frames dropped)" in r.stdout
+    assert "Usable faces only (" in html.read_text() and "<th>faces_dropped</th>" in html.read_text()
+    r = invoke("report.py", str(out), "--html", str(html), "--all-faces", "--min-episode-s", "1")
+    assert r.returncode == 0, r.stderr
+    assert "3 episodes, all faces counted)" in r.stdout
+    assert "All faces counted (--all-faces)" in html.read_text()
+
+
+def test_report_command_on_older_timelines(tmp_path):
+    old = pa.Table.from_pylist(usable_rows(), schema=FACES_SCHEMA).drop(list(MEASURE_COLUMNS))
+    out = _write_run(tmp_path / "run", old)
+    html = tmp_path / "r.html"
+    r = invoke("report.py", str(out), "--html", str(html))
+    assert r.returncode == 0, r.stderr
+    assert "all faces counted)" in r.stdout and "have no head-pose and quality columns" in html.read_text()
+    html.unlink()
+    one_error(invoke("report.py", str(out), "--html", str(html), "--usable"),
+              "--usable needs the columns yaw_deg, sharpness, in_frame, which these timelines lack")
+    assert not html.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--min-episode-s", "-1"], "--min-episode-s must be >= 0 seconds, got -1.0"),
+    (["--min-episode-s", "inf"], "--min-episode-s must be >= 0 seconds"),
+    (["--max-gap-s", "-0.5"], "--max-gap-s must be >= 0 seconds, got -0.5"),
+    (["--max-gap-s", "nan"], "--max-gap-s must be >= 0 seconds"),
+])
+def test_report_command_rejects_bad_episode_flags(tmp_path, flags, message):
+    one_error(invoke("report.py", str(tmp_path / "run"), "--html", str(tmp_path / "r.html"), *flags), message)
+
+
+# --------------------------------------------------------------------------------------------------
 # The commands
 
 
 @pytest.mark.parametrize("script, flags", [
-    ("report.py", ["--html", "--png-dir", "--smooth-s", "--max-tracks"]),
+    ("report.py", ["--html", "--png-dir", "--smooth-s", "--max-tracks", "--usable", "--all-faces",
+                   "--min-episode-s", "--max-gap-s"]),
     ("render.py", ["--timelines", "--out", "--smooth-s", "--codec"]),
 ])
 def test_help(script, flags):
@@ -196,6 +334,9 @@ def test_report_on_real_output(job_out, tmp_path):
     assert len(failed) == 1 and "broken.mp4" in failed[0] and "zero-byte" in failed[0]
     for name in ("posed_happy.mp4", "pyfeat_face_noface.mov"):
         assert f"<h2>{name}</h2>" in page
+        assert "<h3>Episodes</h3>" in section(page, name)
+    # The job records head pose and quality, so the usable-face rule is on by default and says what it dropped.
+    assert "Usable faces only (" in page and "<th>faces_dropped</th>" in page
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
 
