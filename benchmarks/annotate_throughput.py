@@ -2,11 +2,14 @@
 
     python benchmarks/annotate_throughput.py --videos ../shared/data/videos --fps 0
 
-Prints frames/s for (1) decode only, (2) decode + face detection only (same detector settings, every core, the
-same segments as the job), (3) the whole job through Ray (decode, detect, crop, classify, track, write), and the
-ratio whole / decode+detect; then the classifier's faces/s on the CPU (one thread and every thread, batch 64) and
+Prints frames/s for (1) decode only, (2) decode + the full face detector on every sampled frame (same detector
+settings, every core, the same segments as the job: the old ceiling), (3) the whole job through Ray at
+``--detect-every 1`` (the full detector on every sampled frame, as before the tracking-driven schedule) and (4) at
+the job's default schedule (``--detect-every 0``, auto), with the ratios whole / ceiling; the faces each job found
+against the full detector on every sampled frame of (2) (recall and precision at IoU >= 0.5) and the track
+switches of (4) against (3); then the classifier's faces/s on the CPU (one thread and every thread, batch 64) and
 on the GPU when there is one; on the CPU in float32 and in the job's default precision (bf16 where the CPU has it).
-Absolute numbers drift on shared machines: compare the ratio.
+Absolute numbers drift on shared machines: compare the ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -27,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 app = typer.Typer(add_completion=False)
 
 
-def _work(args: tuple) -> tuple[int, int]:
-    """Decode (and optionally detect on) one segment; returns (frames, faces)."""
+def _work(args: tuple) -> tuple[int, int, dict[tuple[str, int], np.ndarray]]:
+    """Decode (and optionally detect on) one segment; returns (frames, faces, boxes per (path, frame index))."""
     path, start, end, fps, detector, decoder = args
     import cv2
 
@@ -36,19 +40,80 @@ def _work(args: tuple) -> tuple[int, int]:
 
     cv2.setNumThreads(1)
     frames = faces = 0
+    boxes: dict[tuple[str, int], np.ndarray] = {}
     for frame in iter_frames(path, sample_fps=fps, start_s=start, end_s=end, decoder=decoder):
         frames += 1
         if detector is not None:
-            faces += len(detector.detect(frame.image))
-    return frames, faces
+            found = detector.detect(frame.image)
+            faces += len(found)
+            boxes[(path, frame.frame_index)] = np.round(found.boxes)
+    return frames, faces, boxes
 
 
-def _baseline(tasks: list[tuple], workers: int) -> tuple[float, int, int]:
+def _baseline(tasks: list[tuple], workers: int) -> tuple[float, int, int, dict[tuple[str, int], np.ndarray]]:
     started = time.perf_counter()
     with mp.get_context("forkserver").Pool(workers) as pool:
         results = pool.map(_work, tasks, chunksize=1)
     wall = time.perf_counter() - started
-    return wall, sum(r[0] for r in results), sum(r[1] for r in results)
+    boxes = {key: value for r in results for key, value in r[2].items()}
+    return wall, sum(r[0] for r in results), sum(r[1] for r in results), boxes
+
+
+def _job_boxes(faces: Any) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """(path, frame index) -> (boxes, track ids) of a job's faces table."""
+    seen = faces.dropna(subset=["face_index"])
+    out = {}
+    for (path, index), rows in seen.groupby(["video_path", "frame_index"]):
+        out[(path, int(index))] = (rows[["x", "y", "w", "h"]].to_numpy(np.float64), rows.track_id.to_numpy())
+    return out
+
+
+def _matches(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching of boxes `a` to boxes `b` at IoU >= 0.5, best pairs first."""
+    from fer_core.track import iou_matrix
+
+    if not len(a) or not len(b):
+        return []
+    iou = iou_matrix(a, b)
+    pairs = []
+    used_a, used_b = set(), set()
+    for flat in np.argsort(-iou, axis=None):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] < 0.5:
+            break
+        if i not in used_a and j not in used_b:
+            pairs.append((i, j))
+            used_a.add(i)
+            used_b.add(j)
+    return pairs
+
+
+def _recall_precision(reference: dict, job: dict) -> tuple[float, float]:
+    hits = ref_total = job_total = 0
+    for key, ref in reference.items():
+        boxes = job.get(key, (np.zeros((0, 4)), None))[0]
+        hits += len(_matches(ref, boxes))
+        ref_total += len(ref)
+        job_total += len(boxes)
+    return hits / max(1, ref_total), hits / max(1, job_total)
+
+
+def _track_switches(base: dict, other: dict) -> dict[str, int]:
+    """Per video: how often a track of `base` continues under another track id of `other` (matched faces only)."""
+    following: dict[tuple[str, int], int] = {}
+    switches: dict[str, int] = {}
+    for key in sorted(base):
+        path = key[0]
+        switches.setdefault(path, 0)
+        if key not in other:
+            continue
+        (a, a_ids), (b, b_ids) = base[key], other[key]
+        for i, j in _matches(a, b):
+            track = (path, int(a_ids[i]))
+            if track in following and following[track] != int(b_ids[j]):
+                switches[path] += 1
+            following[track] = int(b_ids[j])
+    return switches
 
 
 @app.command()
@@ -59,6 +124,7 @@ def main(
     model: str = typer.Option(None, help="Classifier checkpoint (default: the shipped model)."),
     detector_model: str = typer.Option(None, help="YuNet ONNX (default: resolved as the job does)."),
     json_out: Path = typer.Option(None, help="Also write the figures as JSON here."),
+    detect_every: list[int] = typer.Option([1, 0], help="Schedules to run the whole job with (repeatable; 0 = auto)."),
 ) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
@@ -80,33 +146,50 @@ def main(
     tasks = [t[:-1] for t in tasks]
     res: dict[str, float] = {"videos": len(files), "segments": len(tasks), "cpus": workers, "fps": fps}
 
-    wall, frames, _ = _baseline(tasks, workers)
+    wall, frames, _, _ = _baseline(tasks, workers)
     res["decode_fps"] = frames / wall
     res["frames"] = frames
     print(f"decode only            {frames / wall:8.1f} frames/s  ({frames} frames, {wall:.1f} s, {workers} processes)", flush=True)
     det_tasks = [(p, s, e, f, detector, d) for p, s, e, f, _, d in tasks]
-    wall, frames, faces = _baseline(det_tasks, workers)
+    wall, frames, faces, reference = _baseline(det_tasks, workers)
     res["decode_detect_fps"] = frames / wall
     res["faces"] = faces
-    print(f"decode + detect        {frames / wall:8.1f} frames/s  ({faces} faces, {wall:.1f} s, {detector.name})", flush=True)
+    print(f"decode + detect        {frames / wall:8.1f} frames/s  ({faces} faces, {wall:.1f} s, {detector.name} on every "
+          "sampled frame: the old ceiling)", flush=True)
 
+    import pandas as pd
     import ray
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     from fer_core.pipeline import annotate
 
-    opts = AnnotateOptions(fps=fps, segment_s=segment_s, model=model, detector=detector.name)
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        summary = annotate(files, out, opts, detector=detector, model_bytes=None)
-        wall = time.perf_counter() - started
+    jobs: dict[int, dict] = {}
+    for every in detect_every:
+        opts = AnnotateOptions(fps=fps, segment_s=segment_s, model=model, detector=detector.name, detect_every=every)
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            summary = annotate(files, out, opts, detector=detector, model_bytes=None)
+            wall = time.perf_counter() - started
+            jobs[every] = _job_boxes(pd.read_parquet(Path(out) / "faces"))
+        name = f"detect_every_{every}"
+        res[f"job_{name}_fps"] = summary.frames / wall
+        res[f"job_{name}_seconds"] = wall
+        res[f"ratio_job_{name}_to_ceiling"] = res[f"job_{name}_fps"] / res["decode_detect_fps"]
+        recall, precision = _recall_precision(reference, jobs[every])
+        res[f"job_{name}_recall"], res[f"job_{name}_precision"] = recall, precision
+        label = "auto" if every == 0 else str(every)
+        print(f"whole job, --detect-every {label:<4} {summary.frames / wall:8.1f} frames/s  ({summary.faces} faces, "
+              f"{wall:.1f} s incl. planning and actor start); ratio to the ceiling {res[f'ratio_job_{name}_to_ceiling']:.2f}; "
+              f"recall {recall:.4f}, precision {precision:.4f} against the full detector on every sampled frame", flush=True)
     ray.shutdown()
-    res["job_fps"] = summary.frames / wall
-    res["job_seconds"] = wall
-    res["ratio_job_to_decode_detect"] = res["job_fps"] / res["decode_detect_fps"]
-    print(f"whole job              {summary.frames / wall:8.1f} frames/s  ({summary.faces} faces, {wall:.1f} s incl. planning and actor start)")
-    print(f"ratio whole / decode+detect  {res['ratio_job_to_decode_detect']:.2f}")
+    if 1 in jobs:
+        for every in (e for e in jobs if e != 1):
+            switches = _track_switches(jobs[1], jobs[every])
+            res[f"track_switches_detect_every_{every}"] = switches
+            worst = sorted(switches.items(), key=lambda kv: -kv[1])[:3]
+            print(f"track switches of --detect-every {every} against --detect-every 1: {sum(switches.values())} in all; "
+                  + ", ".join(f"{Path(p).name} {n}" for p, n in worst))
 
     crops = np.random.default_rng(0).integers(0, 256, (1024, 48, 48), dtype=np.uint8)
     from fer_core.checkpoint import cpu_has_native_bf16

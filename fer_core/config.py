@@ -23,11 +23,14 @@ class AnnotateOptions:
     fps: float = 5.0
     """Frames sampled per second of video (0 = every frame)."""
     detector: str = "auto"
-    """Face detector: auto (YuNet if its model is found, else Haar), yunet or haar."""
+    """Face detector: auto or yunet (YuNet, shipped with the package), or haar (only when asked for)."""
     detector_model: str | None = None
-    """Path of the YuNet ONNX (else FER_YUNET_MODEL, the user cache, or a one-time verified download)."""
+    """Path of the YuNet ONNX (else FER_YUNET_MODEL, else the copy shipped inside the package)."""
     detect_max_side: int = 640
     """Frames are downscaled to at most this longest side for detection; boxes map back to full resolution."""
+    detect_every: int = 0
+    """Full-frame face detection on every k-th sampled frame at least, a window around each tracked face in
+    between (fer_core.schedule); 1 = the full detector on every sampled frame, 0 = auto (every 0.25 s of video)."""
     min_face_px: int = 20
     """Faces smaller than this (in original-frame pixels) are ignored."""
     score_threshold: float = 0.8
@@ -68,6 +71,7 @@ class AnnotateOptions:
             (self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}"),
             (self.detect_max_side >= 64, "--detect-max-side", "must be >= 64"),
             (self.min_face_px >= 1, "--min-face-px", "must be >= 1"),
+            (self.detect_every >= 0, "--detect-every", "must be >= 0 (1 = full detection on every sampled frame, 0 = auto)"),
             (0 < self.score_threshold < 1, "--score-threshold", "must be in (0, 1)"),
             (self.segment_s >= 0, "--segment-s", "must be >= 0 (0 = no splitting)"),
             (self.segment_timeout_s > 0, "--segment-timeout-s", "must be > 0"),

@@ -32,6 +32,11 @@ DETECTOR_KINDS: tuple[str, ...] = ("auto", "yunet", "haar")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 _YUNET_ONLY_OPTIONS = frozenset({"score_threshold", "nms_threshold", "top_k"})
+_MAX_NETS = 32
+"""YuNet networks kept per detector, one per input size (window searches use sizes in steps of `_REGION_STEP`)."""
+_REGION_STEP = 32
+"""Window crops are padded (right and bottom, black) to multiples of this many pixels, so only a few input sizes
+occur; YuNet pads its input to multiples of 32 itself, so the padding costs nothing."""
 
 
 class DetectorError(Exception):
@@ -111,6 +116,13 @@ class Detections:
         xy = np.array([fx, fy], dtype=np.float32)
         return Detections(self.boxes * np.tile(xy, 2), self.scores, self.landmarks * xy, self.in_frame)
 
+    def shift(self, dx: float, dy: float) -> Detections:
+        """Moves boxes and landmarks by ``(dx, dy)`` pixels: maps detections in a crop back to the image it was cut
+        from (``(dx, dy)`` = the crop's top-left corner there)."""
+        xy = np.array([dx, dy], dtype=np.float32)
+        return Detections(self.boxes + np.concatenate([xy, np.zeros(2, np.float32)]), self.scores,
+                          self.landmarks + xy, self.in_frame)
+
     def clip(self, width: int, height: int) -> Detections:
         """Clips boxes to an image of the given size, recording in `in_frame` the share of each box's area that
         was inside (landmarks are left as they are)."""
@@ -182,6 +194,39 @@ class FaceDetector(ABC):
         found = found[keep]
         return found[np.argsort(-found.scores, kind="stable")]
 
+    def detect_region(self, image_rgb: np.ndarray, region_xywh: np.ndarray, max_side: int | None = None) -> Detections:
+        """Detects faces inside one region of an image, as `detect` does on the whole image.
+
+        The region (``[x, y, w, h]`` pixels, clipped to the image) is cut from the full-resolution image and
+        downscaled by the same factor as `detect` would downscale the whole image, so a face looks to the network
+        as it does in a full detection, or further so that its longest side is at most `max_side`; boxes and
+        landmarks come back in the whole image's coordinates, clipped to the image, faces smaller than
+        ``min_face_px`` dropped, sorted by decreasing score. A face cut by the region's edge may come back partial
+        or not at all.
+        """
+        import cv2
+
+        image = _check_image(image_rgb)
+        height, width = image.shape[:2]
+        x0, y0 = (max(0, int(np.floor(v))) for v in region_xywh[:2])
+        x1 = min(width, int(np.ceil(region_xywh[0] + region_xywh[2])))
+        y1 = min(height, int(np.ceil(region_xywh[1] + region_xywh[3])))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return Detections.empty()
+        crop = image[y0:y1, x0:x1]
+        ratio = min(1.0, self.max_side / max(height, width))
+        if max_side is not None:
+            ratio = min(ratio, max_side / max(crop.shape[:2]))
+        small_w, small_h = max(1, round(crop.shape[1] * ratio)), max(1, round(crop.shape[0] * ratio))
+        small = crop if ratio == 1.0 else cv2.resize(crop, (small_w, small_h), interpolation=cv2.INTER_AREA)
+        padded = np.zeros((-(-small_h // _REGION_STEP) * _REGION_STEP, -(-small_w // _REGION_STEP) * _REGION_STEP, 3),
+                          np.uint8)
+        padded[:small_h, :small_w] = small
+        found = self._detect_small(padded)
+        found = found.scale((crop.shape[1] / small_w, crop.shape[0] / small_h)).shift(x0, y0).clip(width, height)
+        found = found[(found.boxes[:, 2] >= self.min_face_px) & (found.boxes[:, 3] >= self.min_face_px)]
+        return found[np.argsort(-found.scores, kind="stable")]
+
     @abstractmethod
     def _detect_small(self, image_rgb: np.ndarray) -> Detections:
         """Detects faces in an already-downscaled RGB image, in its own coordinates."""
@@ -237,21 +282,22 @@ class YuNetDetector(FaceDetector):
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
-        self._cv_net: Any = None
-        self._cv_input_size: tuple[int, int] | None = None
+        self._cv_nets: dict[tuple[int, int], Any] = {}
 
     def _net(self, width: int, height: int) -> Any:
         import cv2
 
-        if getattr(self, "_cv_net", None) is None:
-            self._cv_net = cv2.FaceDetectorYN.create(
+        # One network per input size: a window search every frame alternates between sizes, and setInputSize
+        # costs as much as a full-frame detection (measured: 25 ms against 6 ms with the size unchanged).
+        nets = self.__dict__.setdefault("_cv_nets", {})
+        net = nets.get((width, height))
+        if net is None:
+            if len(nets) >= _MAX_NETS:
+                nets.pop(next(iter(nets)))
+            net = nets[(width, height)] = cv2.FaceDetectorYN.create(
                 self.model_path, "", (width, height), self.score_threshold, self.nms_threshold, self.top_k
             )
-            self._cv_input_size = (width, height)
-        if self._cv_input_size != (width, height):
-            self._cv_net.setInputSize((width, height))
-            self._cv_input_size = (width, height)
-        return self._cv_net
+        return net
 
     def _detect_small(self, image_rgb: np.ndarray) -> Detections:
         import cv2

@@ -18,6 +18,7 @@ import numpy as np
 from fer_core.config import AnnotateOptions
 from fer_core.measures import MEASURE_COLUMNS, measure_faces
 from fer_core.preprocess import Preprocessing, crop_faces, to_channels
+from fer_core.schedule import ScheduledDetector, detect_every_for
 
 KIND_FACE = "face"
 KIND_NOFACE = "noface"
@@ -187,12 +188,14 @@ def process_segment(
     crop_shape = (spec.input_size, spec.input_size) + ((3,) if spec.channels == 3 else ())
     batch = _Batch(task, crop_shape)
     rows = frames = 0
+    # A fresh schedule per segment: each starts with a full detection, so segments stay independent.
+    scheduled = ScheduledDetector(detector, detect_every_for(opts.detect_every, opts.fps, task.fps))
     with video.localize(task.video_path) as local:
         for frame in video.iter_frames(
             local, sample_fps=opts.fps, start_s=task.start_s, end_s=task.end_s, decoder=opts.decoder
         ):
             frames += 1
-            dets = detector.detect(frame.image)
+            dets = scheduled.detect(frame.image)
             if len(dets) == 0:
                 batch.add(KIND_NOFACE, frame.frame_index, frame.timestamp_s, -1, None, float("nan"), None)
             else:

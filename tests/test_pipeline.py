@@ -158,6 +158,9 @@ def test_probabilities_and_schema(segmented_run):
     assert meta["model"].startswith("tiny-test@")
     assert meta["detector"]["name"] == "yunet"
     assert meta["options"]["fps"] == opts.fps
+    # The detection schedule: auto by default, with its settings.
+    assert meta["options"]["detect_every"] == 0 and meta["detect_schedule"]["detect_every"] == 0
+    assert meta["detect_schedule"]["auto_interval_s"] == 0.25 and meta["detect_schedule"]["window"] > 1
     assert pq.read_schema(sorted((out / "videos").glob("*.parquet"))[0]).remove_metadata().equals(VIDEOS_SCHEMA.remove_metadata())
     faces = pd.read_parquet(out / "faces").dropna(subset=["face_index"])
     probs = faces[list(PROB_COLUMNS)].to_numpy()
@@ -180,15 +183,45 @@ def test_rerun_adds_nothing(segmented_run, inputs, detector):
     assert len(pd.read_parquet(out / "videos")) == len(inputs)
 
 
-def test_segments_equal_whole_video(segmented_run, inputs, detector, tiny_checkpoint, tmp_path):
-    out, _, _ = segmented_run
-    opts = AnnotateOptions(fps=5, segment_s=0, model=str(tiny_checkpoint))
+def _sorted_faces(folder: Path, video_ids=None) -> pd.DataFrame:
+    faces = pd.read_parquet(folder / "faces")
+    if video_ids is not None:
+        faces = faces[faces.video_id.isin(video_ids)]
+    return faces.sort_values(["video_id", "frame_index", "face_index"]).reset_index(drop=True)
+
+
+def test_segments_equal_whole_video_with_full_detection_on_every_frame(inputs, detector, tiny_checkpoint, tmp_path):
+    """With --detect-every 1 nothing depends on where a segment starts: split and whole runs are equal."""
     good = [inputs[n] for n in GOOD]
-    _run(good, tmp_path, opts, detector)
-    whole = pd.read_parquet(tmp_path / "faces").sort_values(["video_id", "frame_index", "face_index"]).reset_index(drop=True)
-    split = pd.read_parquet(out / "faces")
-    split = split[split.video_id.isin(whole.video_id)].sort_values(["video_id", "frame_index", "face_index"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(whole, split, check_exact=False, atol=1e-5)
+    _run(good, tmp_path / "whole", AnnotateOptions(fps=5, segment_s=0, detect_every=1, model=str(tiny_checkpoint)), detector)
+    _run(good, tmp_path / "split", AnnotateOptions(fps=5, segment_s=2.0, detect_every=1, model=str(tiny_checkpoint)), detector)
+    whole = _sorted_faces(tmp_path / "whole")
+    pd.testing.assert_frame_equal(whole, _sorted_faces(tmp_path / "split"), check_exact=False, atol=1e-5)
+
+
+def test_segments_match_whole_video_where_the_schedule_allows(segmented_run, inputs, detector, tiny_checkpoint, tmp_path):
+    """With the tracking-driven schedule each segment starts with a full detection where the whole video may be
+    between two full detections, searching windows: there the boxes may differ by a few pixels (and with them the
+    crops and probabilities), and a face the full detector would find can appear a few frames earlier in one run
+    than in the other. Everything else is the same: the sampled frames, their timestamps, and nearly every face,
+    at nearly the same box."""
+    from fer_core.track import iou_matrix
+
+    out, _, _ = segmented_run
+    _run([inputs[n] for n in GOOD], tmp_path, AnnotateOptions(fps=5, segment_s=0, model=str(tiny_checkpoint)), detector)
+    whole = _sorted_faces(tmp_path)
+    split = _sorted_faces(out, set(whole.video_id))
+    frames = ["video_id", "frame_index", "timestamp_s"]
+    pd.testing.assert_frame_equal(whole[frames].drop_duplicates().reset_index(drop=True),
+                                  split[frames].drop_duplicates().reset_index(drop=True))
+    matched = total = 0
+    for key, a in whole.dropna(subset=["face_index"]).groupby(["video_id", "frame_index"]):
+        b = split[(split.video_id == key[0]) & (split.frame_index == key[1])].dropna(subset=["face_index"])
+        total += len(a)
+        if len(b):
+            iou = iou_matrix(a[list("xywh")].to_numpy(float), b[list("xywh")].to_numpy(float))
+            matched += int((iou.max(axis=1) >= 0.7).sum())
+    assert total > 50 and matched >= 0.97 * total, (matched, total)
 
 
 def test_hanging_or_slow_segment_fails_only_its_video(ray_local, videos_dir, detector, tiny_checkpoint, tmp_path):
