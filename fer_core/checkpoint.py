@@ -128,10 +128,29 @@ def checkpoint_folder(path: str | os.PathLike | None) -> Path:
         p = p.parent
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist; pass a folder holding {META_FILE} and {WEIGHTS_FILE}")
+    if p.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is a file{_pickle_note([p])}; pass the folder holding {META_FILE} and {WEIGHTS_FILE}"
+        )
     for name in (META_FILE, WEIGHTS_FILE):
         if not (p / name).is_file():
-            raise CheckpointError(f"checkpoint {str(p)!r} has no {name}; pass a folder written by training/train.py")
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} has no {name}{_pickle_note(list(p.iterdir()))}; pass a folder written by "
+                "training/train.py"
+            )
     return p
+
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+"""Files PyTorch and others write with pickle: never loaded, since unpickling runs code from the file."""
+
+
+def _pickle_note(files: list[Path]) -> str:
+    pickles = sorted(f.name for f in files if f.suffix.lower() in PICKLE_SUFFIXES)
+    if not pickles:
+        return ""
+    return (f" ({', '.join(pickles)}: pickled checkpoints are refused, unpickling can run code; export the model "
+            "with fer_core.checkpoint.save_checkpoint)")
 
 
 def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Module, CheckpointMeta, str]:
@@ -153,7 +172,10 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[torch.nn.Mod
         state = load_file(str(weights))
         model.load_state_dict(state)
     except Exception as e:  # safetensors raises several types on a damaged file
-        raise CheckpointError(f"checkpoint {str(folder)!r}: weights do not load into {meta.arch} ({e})") from e
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r}: weights do not load into {meta.arch} ({' '.join(str(e).split())[:200]}); "
+            f"{WEIGHTS_FILE} must be safetensors: a pickle or torch.save file renamed is refused, never unpickled"
+        ) from e
     model.eval()
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     return model, meta, f"{meta.name or meta.arch}@{sha}"

@@ -134,7 +134,10 @@ class Assembler:
             "seconds": state.seconds,
         }
         if state.errors:
-            row.update(status=STATUS_FAILED, error="; ".join(dict.fromkeys(state.errors)), frames_sampled=None,
+            # One line however many segments failed: the first error, and how many more there were.
+            errors = list(dict.fromkeys(state.errors))
+            error = errors[0] + (f" (and {len(errors) - 1} more segment errors)" if len(errors) > 1 else "")
+            row.update(status=STATUS_FAILED, error=error, frames_sampled=None,
                        frames_with_face=None, faces=None)
             return VideoResult(vid, None, row)
         table = self._faces_table(vid, state.video_path, parts)
@@ -239,21 +242,63 @@ class OutputStore:
         return out
 
     def commit(self, result: VideoResult) -> None:
-        """Write the video's faces (if ok), then its videos row: the row makes the video visible as done."""
+        """Write the video's faces (if ok), then its videos row: the row makes the video visible as done.
+
+        Idempotent: committing a video again (a re-run after a crash between the two files) replaces both.
+
+        Raises:
+            OutputError: when the output location fails; videos committed before stay intact.
+        """
         faces_path = posixpath.join(self.path, FACES_DIR, f"{result.video_id}.parquet")
-        if result.faces is not None:
-            self._write(result.faces.replace_schema_metadata(with_run_metadata(FACES_SCHEMA, self.run_metadata).metadata), faces_path)
-        elif self.fs.get_file_info(faces_path).type == pa.fs.FileType.File:
-            self.fs.delete_file(faces_path)  # a failed re-run must not leave an older run's rows behind
-        row = pa.Table.from_pylist([result.video_row], schema=with_run_metadata(VIDEOS_SCHEMA, self.run_metadata))
-        self._write(row, posixpath.join(self.path, VIDEOS_DIR, f"{result.video_id}.parquet"))
+        videos_path = posixpath.join(self.path, VIDEOS_DIR, f"{result.video_id}.parquet")
+        try:
+            if result.faces is not None:
+                self._write(result.faces.replace_schema_metadata(with_run_metadata(FACES_SCHEMA, self.run_metadata).metadata), faces_path)
+            elif self.fs.get_file_info(faces_path).type == pa.fs.FileType.File:
+                self.fs.delete_file(faces_path)  # a failed re-run must not leave an older run's rows behind
+            _test_hook_after_faces()
+            row = pa.Table.from_pylist([result.video_row], schema=with_run_metadata(VIDEOS_SCHEMA, self.run_metadata))
+            self._write(row, videos_path)
+        except (OSError, pa.ArrowException) as e:
+            name = posixpath.basename(str(result.video_row["video_path"]))
+            raise OutputError(
+                f"--out {self.root!r} failed while committing {name!r}; the videos committed before are intact: fix "
+                f"the output location and run the same command again to resume ({' '.join(str(e).split())[:200]})"
+            ) from e
 
     def _write(self, table: pa.Table, path: str) -> None:
         if isinstance(self.fs, pa.fs.LocalFileSystem):
             # Write beside the target under a hidden name (readers skip it), then rename atomically.
             tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            pq.write_table(table, tmp, filesystem=self.fs)
-            os.replace(tmp, path)
+            try:
+                pq.write_table(table, tmp, filesystem=self.fs)
+                os.replace(tmp, path)
+            finally:
+                if os.path.lexists(tmp):  # the write failed half-way: leave no stray file behind
+                    try:
+                        os.remove(tmp)
+                    except OSError:
+                        pass
         else:
             # Object stores make an object visible only once its upload completes.
             pq.write_table(table, path, filesystem=self.fs)
+
+
+TEST_KILL_AFTER_FACES_ENV = "FER_TEST_KILL_AFTER_FACES"
+"""Test hook, for the fault tests only (``tests/test_faults.py``): with this environment variable set to N, the
+process SIGKILLs itself right after writing the faces file of the N-th video it commits, before that video's
+videos row: the worst moment for a crash. Unset (always, outside those tests) it does nothing."""
+
+_faces_written = 0
+
+
+def _test_hook_after_faces() -> None:
+    global _faces_written  # counts commits of this process, for the test hook only
+    target = os.environ.get(TEST_KILL_AFTER_FACES_ENV)
+    if not target:
+        return
+    _faces_written += 1
+    if _faces_written == int(target):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

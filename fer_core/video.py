@@ -57,6 +57,11 @@ _TIMESTAMP_TOLERANCE_S = 5e-4
 _PYAV_SEEK_MIN_S = 3.0
 _PYAV_SEEK_MARGIN_S = 1.0
 
+# A video whose container states an average frame rate outside this range has broken timing (a tampered or
+# damaged time base): its timestamps would put hours of video into milliseconds or the reverse. Security cameras
+# and time-lapses go down to about 0.1 fps, high-speed cameras store 240-960 fps.
+_PLAUSIBLE_FPS = (0.01, 1000.0)
+
 # Containers may declare a frame or two more than they deliver (edit lists); more missing frames than
 # this means the file was cut short.
 _MISSING_FRAMES_SLACK = 2
@@ -181,6 +186,8 @@ def _list_local(path: str) -> list[str]:
         if not _is_supported(path):
             raise _not_a_video(path)
         return [path]
+    if not root.is_dir():
+        raise InputError(f"expected a video file or a folder, got {path!r} (not a regular file: a pipe, socket or device)")
     found = [
         str(p)
         for p in root.rglob("*")
@@ -228,9 +235,14 @@ def list_inputs(paths: Sequence[str]) -> list[str]:
     """Expands files and folders into the list of video and image files to process.
 
     Folders are searched recursively; their files come out sorted, and hidden files and folders (names starting
-    with ``.``) are skipped. Local paths are returned as given (joined with the folder they were found in);
-    ``s3://``, ``gs://`` and other URIs that ``pyarrow.fs.FileSystem.from_uri`` understands are listed through
-    pyarrow and returned as URIs. Decoding needs a local file: see `localize`. A file listed twice is kept once.
+    with ``.``) are skipped. A folder is a folder whatever its name: one named ``x.mp4`` is searched like any other.
+    Inside a folder, links to files are listed (under the link's path) but links to folders are not followed, so a
+    link loop cannot recurse; pipes, sockets and devices are skipped. Local paths are returned as given (joined
+    with the folder they were found in); ``s3://``, ``gs://`` and other URIs that ``pyarrow.fs.FileSystem.from_uri``
+    understands are listed through pyarrow and returned as URIs. Decoding needs a local file: see `localize`.
+
+    A file listed twice is kept once, at its first listing: local paths count as the same file when they lead to
+    the same file (``a.mp4``, ``./a.mp4``, ``/data/a.mp4`` and a link to it), URIs when they are spelled alike.
 
     Args:
         paths: Files, folders or URIs, in the order they should be processed.
@@ -248,7 +260,10 @@ def list_inputs(paths: Sequence[str]) -> list[str]:
     for path in paths:
         path = os.fspath(path)
         files.extend(_list_remote(path) if _is_uri(path) else _list_local(path))
-    return list(dict.fromkeys(files))
+    unique: dict[str, str] = {}
+    for file in files:
+        unique.setdefault(file if _is_uri(file) else os.path.realpath(file), file)
+    return list(unique.values())
 
 
 @contextlib.contextmanager
@@ -314,9 +329,13 @@ def _check_local_file(path: str) -> None:
     if _is_uri(path):
         raise UnreadableVideo(f"{path!r} is a remote URI; decoding needs a local copy (use video.localize)")
     if not os.path.exists(path):
-        raise UnreadableVideo(f"{path!r} does not exist")
+        raise UnreadableVideo(f"{path!r} does not exist (moved or deleted?)")
     if os.path.isdir(path):
         raise UnreadableVideo(f"{path!r} is a folder, not a video file")
+    if not os.path.isfile(path):  # opening a pipe would block until something writes to it
+        raise UnreadableVideo(f"{path!r} is not a regular file (a pipe, socket or device); pass the video file itself")
+    if not os.access(path, os.R_OK):
+        raise UnreadableVideo(f"{path!r} is not readable: permission denied (check the file's permissions)")
     if os.path.getsize(path) == 0:
         raise UnreadableVideo(f"{path!r} is not a readable video: zero-byte file")
 
@@ -331,7 +350,7 @@ def _read_image(path: str) -> np.ndarray:
     # IMREAD_COLOR applies the EXIF orientation and expands grayscale / drops alpha, giving 3 channels.
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise UnreadableVideo(f"{path!r} is not a readable image (OpenCV could not decode it)")
+        raise UnreadableVideo(f"{path!r} is not a readable image: OpenCV could not decode it (damaged, or not really a {_suffix(path)} file)")
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
@@ -399,6 +418,11 @@ def _open_pyav(path: str) -> tuple[Any, Any]:
     except PermissionError as exc:
         raise UnreadableVideo(f"{path!r} is not readable: permission denied") from exc
     except av.FFmpegError as exc:
+        if _starts_like_mp4(path) and any("moov atom not found" in line for line in _ffmpeg_open_log(path)):
+            raise UnreadableVideo(
+                f"{path!r} is a truncated or unfinished MP4: its index (moov atom) is missing (a partial download or "
+                "an interrupted recording); copy or export it again"
+            ) from exc
         raise UnreadableVideo(
             f"{path!r} is not a readable video: not a video container ({exc.strerror or exc})"
         ) from exc
@@ -407,9 +431,61 @@ def _open_pyav(path: str) -> tuple[Any, Any]:
         container.close()
         raise UnreadableVideo(f"{path!r} has no video stream (streams found: {', '.join(kinds)})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg knows no decoder for the stream's codec
+        container.close()
+        raise UnreadableVideo(
+            f"{path!r} cannot be decoded: its video codec {_unknown_codec_name(path)} is supported by neither decord "
+            "nor PyAV; re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+        )
     # Parallelism comes from processing many videos at once, not from codec threads.
     stream.codec_context.thread_count = 1
     return container, stream
+
+
+def _starts_like_mp4(path: str) -> bool:
+    """Whether the file opens with an MP4 / QuickTime top-level box (a cut MP4, not some other file named .mp4)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return False
+    return head[4:8] in (b"ftyp", b"mdat", b"moov", b"free", b"skip", b"wide")
+
+
+def _ffmpeg_open_log(path: str) -> list[str]:
+    """FFmpeg's warnings and errors while opening `path`, for error messages (the exception alone says little).
+
+    PyAV's logging is off by default; it is switched on for this one reopen, on an error path only.
+    """
+    import av
+    import av.logging
+
+    previous = av.logging.get_level()
+    logs: list = []
+    try:
+        av.logging.set_level(av.logging.WARNING)
+        with av.logging.Capture() as logs:
+            av.open(path, metadata_errors="replace").close()
+    except av.FFmpegError:
+        pass
+    finally:
+        av.logging.set_level(previous)
+    return [message for _level, _name, message in logs]
+
+
+def _unknown_codec_name(path: str) -> str:
+    """The codec FFmpeg has no decoder for, as its log names it: its name, or the container's codec tag.
+
+    PyAV exposes nothing of a stream without a decoder, but FFmpeg's warning while opening it names the codec
+    (``Video: none (qxyz / 0x7A797871)`` for a tag it does not know).
+    """
+    for message in _ffmpeg_open_log(path):
+        found = re.search(r"Video: (\S+)(?: \((\S+) / 0x[0-9A-Fa-f]+\))?", message)
+        if found and found.group(1) == "none" and found.group(2):
+            return f"{found.group(2)!r} (a codec tag FFmpeg does not know)"
+        if found and found.group(1) != "none":
+            return repr(found.group(1))
+    return "(unknown to FFmpeg)"
 
 
 def _clockwise_rotation(frame: Any) -> int:
@@ -508,7 +584,8 @@ def probe(path: str, decoder: str = "auto") -> VideoInfo:
             ``"decord"`` or ``"pyav"``.
 
     Raises:
-        UnreadableVideo: if the file is empty, not a video container, has no video stream or cannot be decoded.
+        UnreadableVideo: if the file is missing, not a regular file, not readable, empty, not a video container,
+            has no video stream, cannot be decoded, or states a frame rate outside 0.01-1000 fps (broken timing).
         ValueError: if `decoder` is not one of `DECODERS`.
     """
     path = os.fspath(path)
@@ -517,13 +594,26 @@ def probe(path: str, decoder: str = "auto") -> VideoInfo:
     if _is_image(path):
         return _probe_image(path)
     if decoder == "pyav":
-        return _probe_pyav(path)
-    if decoder == "decord":
-        return _probe_decord(path)
-    try:
-        return _probe_decord(path)
-    except UnreadableVideo:
-        return _probe_pyav(path)
+        info = _probe_pyav(path)
+    elif decoder == "decord":
+        info = _probe_decord(path)
+    else:
+        try:
+            info = _probe_decord(path)
+        except UnreadableVideo:
+            info = _probe_pyav(path)
+    _check_frame_rate(info)
+    return info
+
+
+def _check_frame_rate(info: VideoInfo) -> None:
+    low, high = _PLAUSIBLE_FPS
+    if not low <= info.fps <= high:  # also catches NaN
+        raise UnreadableVideo(
+            f"{info.path!r} has broken timing: its container states {info.fps:.4g} fps ({info.frame_count} frames "
+            f"in {info.duration_s:g} s; expected {low:g}-{high:g} fps); rewrite its timestamps, e.g. "
+            "ffmpeg -i IN -vf setpts=N/30/TB -r 30 OUT.mp4 for 30 fps"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -788,6 +878,7 @@ def _iter_frames(path: str, sample_fps: float, lower: float, upper: float, decod
         return
     if first is not None:
         yield first
+        del first  # else the segment's first frame (100 MB at 8K) stays referenced until the segment ends
         yield from frames
 
 

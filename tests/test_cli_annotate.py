@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,3 +124,69 @@ def test_exit_codes_interrupt_and_resume(tmp_path, videos_dir, yunet_model, tiny
     assert r.returncode == 2, r.stderr[-2000:]
     assert "videos failed  1" in r.stdout and "broken.mp4" in r.stdout
     assert "videos skipped 6" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------ the console
+
+_CORE_WORKER_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [^\]]* ([EF]) \d+ \d+\]")  # Ray's C++ log format: [time E pid tid]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """Error-level lines: Ray Core's ``[... E pid tid]``, glog-style ``E....``, Python's ``ERROR``, ``error:``."""
+    return [line for line in stderr.splitlines()
+            if _CORE_WORKER_LINE.match(line) or re.match(r"^[EF]\d{4} ", line) or line.startswith(("E ", "error:"))
+            or "ERROR" in line]
+
+
+def _video_result(name: str, status: str = "ok", frames: int = 25):
+    row = {"video_path": f"/v/{name}", "status": status, "error": "truncated" if status != "ok" else None,
+           "frames_sampled": frames, "faces": frames, "seconds": 1.5}
+    return type("FakeResult", (), {"video_row": row})()  # Progress reads only video_row
+
+
+@pytest.mark.parametrize("mode", ["bar", "lines", "off"])
+def test_progress_modes(mode):
+    from fer_core.report import Progress
+
+    stream = io.StringIO()
+    with Progress(mode, stream=stream) as progress:
+        progress.start(2)
+        progress.video(_video_result("a.mp4"), 1, 2)
+        progress.video(_video_result("b.mp4", status="failed", frames=0), 2, 2)
+    text = stream.getvalue()
+    if mode == "off":
+        assert text == ""
+    elif mode == "lines":
+        assert text.splitlines() == ["[1/2] ok     a.mp4: 25 frames, 25 faces, 1.5 s", "[2/2] FAILED b.mp4: truncated"]
+    else:  # one bar, redrawn in place; the failure printed above it
+        assert "videos 2/2" in text and "frames/s, 1 failed" in text and "[2/2] FAILED b.mp4: truncated" in text
+        assert "[1/2] ok" not in text
+    assert progress.frames == 25 and progress.failed == 1
+
+
+def test_quiet_and_verbose_exclude_each_other(tmp_path, videos_dir):
+    r = run_cli(str(videos_dir / "posed_happy.mp4"), "--out", str(tmp_path / "out"), "-q", "--verbose", timeout=120)
+    assert r.returncode == 1 and "--quiet and --verbose" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_healthy_run_console_is_quiet_and_verbose_brings_ray_back(tmp_path, videos_dir, yunet_model, tiny_checkpoint):
+    clip = str(videos_dir / "posed_happy.mp4")
+    common = ["--model", str(tiny_checkpoint), "--detector", "yunet", "--detector-model", str(yunet_model)]
+    r = run_cli(clip, "--out", str(tmp_path / "quiet"), *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _error_lines(r.stderr) == [], r.stderr  # no Ray Core E line about actor constructor arguments
+    assert "constructor arguments" not in r.stderr
+    # No Ray start banner, no Ray Data progress blocks or execution lines, no forwarded worker logs.
+    for noise in ("Running Dataset", "Starting execution", "Progress bars", "Started a local Ray", "INFO", "(pid="):
+        assert noise not in r.stderr, r.stderr
+    # Without a terminal: one line per video (Ray's warnings about the machine, e.g. a small /dev/shm, may remain).
+    progress = [line for line in r.stderr.splitlines() if re.match(r"^\[\d+/\d+\] ", line)]
+    assert len(progress) == 1 and progress[0].startswith("[1/1] ok     posed_happy.mp4: 25 frames"), r.stderr
+    assert "videos ok      1" in r.stdout
+
+    v = run_cli(clip, "--out", str(tmp_path / "verbose"), *common, "--verbose")
+    assert v.returncode == 0, v.stderr[-3000:]
+    assert "Starting execution of Dataset" in v.stderr, v.stderr[-3000:]
+    assert _error_lines(v.stderr) == [], v.stderr
+    assert "videos ok      1" in v.stdout

@@ -151,3 +151,70 @@ def test_aws_cluster_launcher():
     assert types["classify"]["resources"]["GPU"] >= 1 and types["classify"]["labels"] == {"node-role": "classify"}
     assert types["decode"]["labels"] == {"node-role": "decode"}
     assert sum(t.get("max_workers", 0) for t in types.values()) <= cfg["max_workers"]
+
+
+# Security: token authentication stays on and no Ray port is reachable from outside the cluster.
+
+RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard / job API, Ray client
+
+
+def _pod_specs(spec: dict):
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
+    for name, group in groups:
+        yield name, group["template"]["spec"]
+
+
+def test_no_deploy_file_turns_token_auth_off():
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        for value in re.findall(r"RAY_AUTH_MODE\s*[=:]\s*[\"']?(\w+)", text):
+            assert value == "token", f"{path.relative_to(REPO)}: RAY_AUTH_MODE={value}"
+    for name, spec in _cluster_specs():
+        for group, _, container in _containers(spec):
+            for env in container.get("env", []):
+                if env["name"] == "RAY_AUTH_MODE":
+                    assert env.get("value") == "token", f"{name}/{group}: RAY_AUTH_MODE={env.get('value')}"
+
+
+@pytest.mark.parametrize("name, spec", _cluster_specs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_no_ray_port_exposed_outside_the_cluster(name, spec):
+    """The head's dashboard-host 0.0.0.0 binds inside the pod only: reachable through the ClusterIP Service (and
+    kubectl port-forward), never through a LoadBalancer, a NodePort, a host port or the host's network."""
+    head = spec["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{name}: head service type {head.get('serviceType')}"
+    service = head.get("headService", {}).get("spec", {})
+    assert service.get("type", "ClusterIP") == "ClusterIP", f"{name}: headService type {service.get('type')}"
+    assert not service.get("externalIPs") and not service.get("loadBalancerIP"), f"{name}: headService exposed"
+    for group, pod in _pod_specs(spec):
+        assert not pod.get("hostNetwork"), f"{name}/{group}: hostNetwork puts the Ray ports on the node"
+        for container in pod["containers"]:
+            for port in container.get("ports", []):
+                assert "hostPort" not in port, f"{name}/{group}: hostPort {port}"
+
+
+def test_no_service_or_ingress_exposes_ray_ports():
+    for path in KUBERAY:
+        for doc in _docs(path):
+            assert doc["kind"] not in ("Ingress", "Route", "Gateway", "HTTPRoute"), f"{path.name}: {doc['kind']}"
+            if doc["kind"] == "Service":
+                ports = {p.get("port") for p in doc["spec"].get("ports", [])} | {
+                    p.get("targetPort") for p in doc["spec"].get("ports", [])}
+                if ports & RAY_PORTS:
+                    assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{path.name}: {doc['metadata']}"
+
+
+def test_aws_cluster_opens_no_ray_port_to_the_internet():
+    """The launcher's default security group lets in SSH only; nothing here publishes or opens a Ray port (the
+    dashboard is reached through `ray dashboard`'s SSH tunnel)."""
+    cfg = yaml.safe_load((DEPLOY / "aws" / "cluster.yaml").read_text())
+    run_options = " ".join(cfg["docker"].get("run_options", []))
+    assert not re.search(r"(^|\s)(-p|--publish)[\s=]", run_options), "docker publishes a port"
+    commands = " ".join(cfg.get("head_start_ray_commands", []) + cfg.get("worker_start_ray_commands", []))
+    assert "RAY_AUTH_MODE=disabled" not in commands
+    for group in cfg.get("provider", {}).get("security_group", {}).get("IpPermissions", []):
+        low, high = group.get("FromPort", 0), group.get("ToPort", 65535)
+        opened = [r.get("CidrIp") for r in group.get("IpRanges", [])] + [r.get("CidrIpv6") for r in group.get("Ipv6Ranges", [])]
+        if any(low <= port <= high for port in RAY_PORTS):
+            assert not {"0.0.0.0/0", "::/0"} & set(opened), f"security group opens {low}-{high} to the internet"

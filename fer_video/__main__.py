@@ -1,0 +1,5 @@
+"""``python -m fer_video``: the same as the ``fer-video`` console script."""
+
+from fer_video.cli import main
+
+main()
