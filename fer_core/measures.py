@@ -5,13 +5,16 @@ Conventions (image coordinates: x to the right, y down, in pixels of the origina
 
 - ``roll_deg``: the angle of the eye line, from the subject's right eye to their left eye (on screen: left eye
   to right eye). 0 for level eyes; **positive when the head tilts clockwise on screen** (towards the subject's
-  left shoulder). YuNet's landmarks understate roll a little: a clip rotated by 20 degrees moved the median by
-  about 15-16 degrees (``../shared/docs/ENVIRONMENT.md``; ``tests/test_measures.py`` checks it).
+  left shoulder). Turning every frame of a clip by 20 degrees moved the median by 18.7 degrees (the Pexels clip) and
+  23.3 (``posed_neutral.mp4``, 3 s at 10 fps, detection at 640 px); ``../shared/docs/ENVIRONMENT.md`` saw 15.4 at
+  full resolution (``tests/test_measures.py`` checks 15-25).
 - ``yaw_deg``, ``pitch_deg``: the direction the face points, from ``cv2.solvePnP`` (SQPnP) of the 5 landmarks
   against a generic adult face (`FACE_MODEL_MM`) seen by a pinhole camera with focal length = the frame's longest
   side and its centre as principal point. 0/0 = the face looks straight into the camera. **Yaw is positive when
   the nose points to the image's right** (the subject turns to their left), **pitch is positive when the face looks
-  up**. Mirroring a frame flips the sign of yaw and roll and keeps pitch (the face model is symmetric).
+  up**. Given mirrored landmarks, the estimate flips the sign of yaw and roll and keeps pitch (the face model is
+  symmetric). YuNet's landmarks themselves are not quite mirror-symmetric: on 3 s of ``posed_neutral.mp4`` the
+  median roll reads -6.1 degrees upright and +0.5 mirrored, while the Pexels speaker's yaw reads -16.3 and +16.7.
 - Expected error: 5 points and one generic face for everybody. Published 5-landmark estimates of this kind are
   typically off by 5-10 degrees in yaw and more in pitch (faces differ in depth and the true focal length is
   unknown), growing past about 45 degrees of yaw, where YuNet's far-side landmarks become guesses. Use them to

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import typer
@@ -16,19 +15,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def make_detector(opts: Any) -> Any:
     """The face detector an options object asks for (fields detector, detector_model, detect_max_side,
-    min_face_px, score_threshold); a fallback warning is printed as one ``warning:`` line.
+    min_face_px, score_threshold).
 
     Raises:
         fer_core.detect.DetectorError: when the asked-for detector can't be built.
     """
     from fer_core.detect import create_detector
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        detector = create_detector(
-            opts.detector, opts.detector_model, max_side=opts.detect_max_side, min_face_px=opts.min_face_px,
-            **({"score_threshold": opts.score_threshold} if opts.detector != "haar" else {}),
-        )
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
-    return detector
+    return create_detector(
+        opts.detector, opts.detector_model, max_side=opts.detect_max_side, min_face_px=opts.min_face_px,
+        score_threshold=opts.score_threshold,
+    )

@@ -32,8 +32,8 @@ CHUNK_FRAMES = 30
 def main(
     source: str = typer.Argument(..., help="Camera index (0), stream URL (rtsp://, http://...) or video file."),
     model: Optional[str] = typer.Option(None, help="Classifier checkpoint folder (default: the model shipped with the package)."),
-    detector: str = typer.Option("auto", help="Face detector: auto, yunet or haar."),
-    detector_model: Optional[str] = typer.Option(None, help="YuNet ONNX file (else $FER_YUNET_MODEL, cache, download)."),
+    detector: str = typer.Option("auto", help="Face detector: auto or yunet (the YuNet shipped in the package), or haar (only when asked for)."),
+    detector_model: Optional[str] = typer.Option(None, help="Another copy of the YuNet ONNX (default: $FER_YUNET_MODEL, else the one shipped in the package)."),
     detect_max_side: int = typer.Option(640, help="Longest side of the downscaled frame used for detection."),
     min_face_px: int = typer.Option(20, help="Ignore faces smaller than this many pixels."),
     score_threshold: float = typer.Option(0.8, help="Minimum face detector score (YuNet)."),
