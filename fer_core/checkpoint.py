@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -199,15 +197,18 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs; on CPUs with native bf16 ``auto`` stays undecided here (the classifier measures
-    both and keeps the faster, see `Classifier`); fp32 on other CPUs."""
+    """``auto`` -> bf16 on GPUs and on CPUs with native bf16, else fp32.
+
+    A fixed rule, not a timing: every actor of a run (and every run resumed later) must compute the same way, or the
+    same face gets probabilities that differ in the fifth digit from one run to the next. A CPU that reports native
+    bf16 is not always faster in it: one VM with AVX512-BF16 ran the shipped model at 284 faces/s in bf16 and 401
+    in fp32 (one core, ``benchmarks/annotate_throughput.py``), where another ran bf16 at 2.1x; pass
+    ``--precision fp32`` there."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "auto" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
 
 
 def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -243,29 +244,6 @@ class Classifier:
         self.meta = meta
         self.model_id = model_id
         self.preset = EvalPreset(meta.preprocessing)
-        self.precision_timings: dict[str, float] = {}
-        if self.precision == "auto":
-            self.precision = self._fastest_precision()
-
-    def _fastest_precision(self) -> str:
-        """fp32 or bf16, whichever runs this model faster on this CPU (both hold PublicTest accuracy: 69.43% and
-        69.46% for the shipped model). A CPU that reports native bf16 is not always faster in it: one such VM ran the
-        shipped model at 401 faces/s in fp32 and 284 in bf16 (benchmarks/annotate_throughput.py), where another
-        ran bf16 at 2.1x fp32. About 0.3 s, once per classifier."""
-        spec = self.meta.preprocessing
-        shape = (64, spec.input_size, spec.input_size) + ((3,) if spec.channels == 3 else ())
-        crops = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-        for candidate in ("fp32", "bf16"):
-            self.precision = candidate
-            self.predict_proba(crops[:8], batch_size=8)  # warm-up: oneDNN builds its kernels on first use
-            best = math.inf
-            for _ in range(3):
-                started = time.perf_counter()
-                self.predict_proba(crops, batch_size=64)
-                best = min(best, time.perf_counter() - started)
-            self.precision_timings[candidate] = len(crops) / best
-        return max(self.precision_timings, key=self.precision_timings.get)
-
     @property
     def classes(self) -> list[str]:
         return list(self.meta.classes)
@@ -307,8 +285,7 @@ def load_classifier(
 
     Args:
         device: "auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N".
-        precision: "auto" (bf16 on GPUs; on CPUs with native bf16 the faster of bf16 and fp32, measured once at
-            load; else fp32), "fp32" or "bf16".
+        precision: "auto" (bf16 on GPUs and on CPUs with native bf16, else fp32), "fp32" or "bf16".
 
     Raises:
         CheckpointError: with what to pass instead.

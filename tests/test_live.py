@@ -59,7 +59,8 @@ def test_annotator_matches_the_job_pieces(clip, annotator_parts):
     assert all(set(r) == set(FACES_SCHEMA.names) for r in rows)
 
     task = SegmentTask("v", str(clip), 0, 1, 0.0, 1.0)
-    batches = list(process_segment(task, AnnotateOptions(fps=5), detector, classifier.meta.preprocessing))
+    # Live mode runs the full detector on every frame: compare with the job at --detect-every 1.
+    batches = list(process_segment(task, AnnotateOptions(fps=5, detect_every=1), detector, classifier.meta.preprocessing))
     faces = []
     for b in batches:  # what fer_core.pipeline.classify_batch does to each batch, without importing Ray
         index = np.flatnonzero(b["kind"] == KIND_FACE)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from media_support import write_h264
 
 from fer_core.detect import Detections
 from fer_core.measures import (
@@ -121,19 +122,6 @@ def test_degenerate_box_and_unfit_landmarks_are_nan() -> None:
 # Through the real job
 
 
-def _write_clip(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def pose_clips(videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Upright, rotated by 20 degrees (clockwise on screen) and mirrored copies of real clips, at 10 fps."""
@@ -154,7 +142,7 @@ def pose_clips(videos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
             "mirrored": [np.ascontiguousarray(f[:, ::-1]) for f in frames],
         }
         for variant, images in variants.items():
-            clips[f"{name}_{variant}"] = _write_clip(folder / f"{name}_{variant}.mp4", images)
+            clips[f"{name}_{variant}"] = write_h264(folder / f"{name}_{variant}.mp4", images)
     return clips
 
 
