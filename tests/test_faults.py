@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster_support import LoopbackCluster
+from env_support import environ
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = [sys.executable, str(REPO / "jobs" / "annotate.py")]
@@ -351,17 +352,11 @@ def s3_server():
     s.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s.port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     s.env = env
     try:
-        yield s
+        with environ(env):
+            yield s
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         s.stop()
 
 
