@@ -157,6 +157,16 @@ def _check_image(image_rgb: np.ndarray) -> np.ndarray:
     return image
 
 
+def _downscale(image: np.ndarray, ratio: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The image resized by `ratio` (at most 1; INTER_AREA), and the ``(fx, fy)`` that maps its pixels back."""
+    import cv2
+
+    height, width = image.shape[:2]
+    small_w, small_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    small = image if ratio == 1.0 else cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    return small, (width / small_w, height / small_h)
+
+
 class FaceDetector(ABC):
     """Finds faces in RGB images.
 
@@ -180,18 +190,16 @@ class FaceDetector(ABC):
         Returns:
             Detections in the image's own pixel coordinates, clipped to it, sorted by decreasing score.
         """
-        import cv2
-
         image = _check_image(image_rgb)
         height, width = image.shape[:2]
         if height == 0 or width == 0:
             return Detections.empty()
-        ratio = min(1.0, self.max_side / max(height, width))
-        small_w, small_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-        small = image if ratio == 1.0 else cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
-        found = self._detect_small(small).scale((width / small_w, height / small_h)).clip(width, height)
-        keep = (found.boxes[:, 2] >= self.min_face_px) & (found.boxes[:, 3] >= self.min_face_px)
-        found = found[keep]
+        small, scale = _downscale(image, min(1.0, self.max_side / max(height, width)))
+        return self._kept(self._detect_small(small).scale(scale).clip(width, height))
+
+    def _kept(self, found: Detections) -> Detections:
+        """Drops faces smaller than ``min_face_px`` and sorts the rest by decreasing score."""
+        found = found[(found.boxes[:, 2] >= self.min_face_px) & (found.boxes[:, 3] >= self.min_face_px)]
         return found[np.argsort(-found.scores, kind="stable")]
 
     def detect_region(self, image_rgb: np.ndarray, region_xywh: np.ndarray, max_side: int | None = None) -> Detections:
@@ -204,8 +212,6 @@ class FaceDetector(ABC):
         ``min_face_px`` dropped, sorted by decreasing score. A face cut by the region's edge may come back partial
         or not at all.
         """
-        import cv2
-
         image = _check_image(image_rgb)
         height, width = image.shape[:2]
         x0, y0 = (max(0, int(np.floor(v))) for v in region_xywh[:2])
@@ -217,15 +223,12 @@ class FaceDetector(ABC):
         ratio = min(1.0, self.max_side / max(height, width))
         if max_side is not None:
             ratio = min(ratio, max_side / max(crop.shape[:2]))
-        small_w, small_h = max(1, round(crop.shape[1] * ratio)), max(1, round(crop.shape[0] * ratio))
-        small = crop if ratio == 1.0 else cv2.resize(crop, (small_w, small_h), interpolation=cv2.INTER_AREA)
+        small, scale = _downscale(crop, ratio)
+        small_h, small_w = small.shape[:2]
         padded = np.zeros((-(-small_h // _REGION_STEP) * _REGION_STEP, -(-small_w // _REGION_STEP) * _REGION_STEP, 3),
                           np.uint8)
         padded[:small_h, :small_w] = small
-        found = self._detect_small(padded)
-        found = found.scale((crop.shape[1] / small_w, crop.shape[0] / small_h)).shift(x0, y0).clip(width, height)
-        found = found[(found.boxes[:, 2] >= self.min_face_px) & (found.boxes[:, 3] >= self.min_face_px)]
-        return found[np.argsort(-found.scores, kind="stable")]
+        return self._kept(self._detect_small(padded).scale(scale).shift(x0, y0).clip(width, height))
 
     @abstractmethod
     def _detect_small(self, image_rgb: np.ndarray) -> Detections:

@@ -75,10 +75,6 @@ class ScheduleStats:
     lost: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "full": self.full, "windows": self.windows, "cuts": self.cuts,
-                "lost": self.lost}
-
 
 class ScheduledDetector:
     """Wraps a `FaceDetector` with per-stream state; call `detect` on the sampled frames of one stream in order.
@@ -135,8 +131,10 @@ class ScheduledDetector:
         found = self.detector.detect(image)
         # Back off while full detections find nothing the windows didn't follow; a face that appeared (or one that
         # was lost) brings the next full detection back to the next frame.
-        followed = len(self._live) and len(found) and (iou_matrix(found.boxes, self._live.boxes).max(axis=1) >= self.match_iou)
-        surprise = reason in ("face lost", "scene cut", "first frame") or not np.all(followed if len(found) else True)
+        appeared = len(found) > 0 and (
+            len(self._live) == 0 or bool((iou_matrix(found.boxes, self._live.boxes).max(axis=1) < self.match_iou).any())
+        )
+        surprise = appeared or reason in ("face lost", "scene cut", "first frame")
         self._interval = 1 if surprise else min(self.every, self._interval * 2)
         self._live = found
         self._full_next = bool(len(found)) and bool((found.scores < self.rescore_below).any())
@@ -160,7 +158,6 @@ class ScheduledDetector:
         if self._full_next:
             return self._full(image, "low score")
         if len(self._live) == 0:
-            self._live = Detections.empty()
             return self._live
         kept: list[Detections] = []
         for i in range(len(self._live)):
