@@ -1,5 +1,5 @@
 """Real-time annotation of a camera, a stream or a video file read as a stream, with the job's own pieces:
-detector -> ``crop_faces`` -> ``Classifier.predict_proba`` -> ``IoUTracker``, one frame at a time, into rows of
+detector -> ``face_crops`` -> ``Classifier.predict_proba`` -> ``IoUTracker``, one frame at a time, into rows of
 :data:`fer_core.schema.FACES_SCHEMA` (so live rows and job rows can be analysed alike).
 
 OpenCV (``cv2.VideoCapture``) reads all three kinds of source and gives BGR frames; they are converted to RGB
@@ -68,7 +68,7 @@ class FrameAnnotator:
             timestamp_s: Its time in seconds; not earlier than the previous frame's.
         """
         from fer_core.measures import measure_faces
-        from fer_core.preprocess import crop_faces  # imports torch: only once there is a frame to annotate
+        from fer_core.preprocess import face_crops  # imports torch: only once there is a frame to annotate
 
         base = {"video_id": self.video_id, "video_path": self.video_path, "frame_index": int(frame_index),
                 "timestamp_s": float(timestamp_s)}
@@ -77,7 +77,7 @@ class FrameAnnotator:
         ids = self.tracker.update(boxes.astype(np.float32), float(timestamp_s))
         if len(detections) == 0:
             return [{**base, **{name: None for name in FACES_SCHEMA.names if name not in base}}]
-        crops = crop_faces(rgb, detections.boxes, margin=self.spec.crop_margin, out_size=self.spec.input_size)
+        crops = face_crops(rgb, detections.boxes, detections.landmarks, self.spec)
         probs = self.classifier.predict_proba(crops)[:, self._column_of_class]
         measures = measure_faces(rgb, detections)
         rows = []

@@ -37,6 +37,10 @@ class Preprocessing:
     crop_margin: float = 0.01
     """Share of the detected box side added on each side before the square crop is cut from the frame. FER-2013's
     faces fill their image: YuNet's box spans 1/1.026 of the side (benchmarks/fer_framing.py), so about 0.01."""
+    align: bool = False
+    """Crops are turned about the face's centre so that the eye line (the detector's landmarks) is level before
+    they are cut; faces without landmarks keep the upright crop. A model trained on aligned faces records True;
+    checkpoints from before this field read False."""
 
     def __post_init__(self) -> None:
         if self.input_size < 8:
@@ -71,7 +75,9 @@ def square_crop_box(box_xywh: np.ndarray, margin: float) -> np.ndarray:
     return np.stack([x0, y0, side], axis=1).astype(np.int64)
 
 
-def crop_faces(image: np.ndarray, boxes_xywh: np.ndarray, *, margin: float, out_size: int) -> np.ndarray:
+def crop_faces(
+    image: np.ndarray, boxes_xywh: np.ndarray, *, margin: float, out_size: int, roll_deg: np.ndarray | None = None
+) -> np.ndarray:
     """Cut square face crops (with margin) from a frame and resize them to ``out_size``.
 
     Args:
@@ -80,6 +86,8 @@ def crop_faces(image: np.ndarray, boxes_xywh: np.ndarray, *, margin: float, out_
         margin: share of the box side added on each side.
         out_size: side of the returned crops. Crops are kept small (e.g. 2x the network input) so only
             small arrays travel between processes.
+        roll_deg: optional (N,) roll of each face (:func:`fer_core.measures.roll_from_eyes`): the square is
+            turned by it about the box's centre so that the eyes come out level; NaN keeps the upright crop.
 
     Returns:
         (N, out_size, out_size[, 3]) uint8, same colour layout as ``image``. Parts outside the frame are
@@ -88,16 +96,63 @@ def crop_faces(image: np.ndarray, boxes_xywh: np.ndarray, *, margin: float, out_
     boxes = np.asarray(boxes_xywh).reshape(-1, 4)
     shape = (len(boxes), out_size, out_size) + image.shape[2:]
     out = np.empty(shape, dtype=np.uint8)
-    h, w = image.shape[:2]
+    rolls = np.full(len(boxes), np.nan) if roll_deg is None else np.asarray(roll_deg, dtype=np.float64).reshape(-1)
+    if len(rolls) != len(boxes):
+        raise ValueError(f"roll_deg has {len(rolls)} values for {len(boxes)} boxes")
     for i, (x0, y0, side) in enumerate(square_crop_box(boxes, margin)):
-        pad_l, pad_t = max(0, -x0), max(0, -y0)
-        pad_r, pad_b = max(0, x0 + side - w), max(0, y0 + side - h)
-        patch = image[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
-        if pad_l or pad_t or pad_r or pad_b:
-            patch = cv2.copyMakeBorder(patch, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+        if np.isfinite(rolls[i]):
+            out[i] = _turned_crop(image, int(x0), int(y0), int(side), float(rolls[i]), out_size)
+            continue
+        patch = _square_patch(image, x0, y0, side)
         interp = cv2.INTER_AREA if side > out_size else cv2.INTER_LINEAR
         out[i] = cv2.resize(patch, (out_size, out_size), interpolation=interp)
     return out
+
+
+def _square_patch(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The square ``[x0, x0 + side) x [y0, y0 + side)`` of the image, edge pixels replicated outside it."""
+    h, w = image.shape[:2]
+    pad_l, pad_t = max(0, -x0), max(0, -y0)
+    pad_r, pad_b = max(0, x0 + side - w), max(0, y0 + side - h)
+    patch = image[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
+    if pad_l or pad_t or pad_r or pad_b:
+        patch = cv2.copyMakeBorder(patch, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+    return patch
+
+
+def _turned_crop(image: np.ndarray, x0: int, y0: int, side: int, roll_deg: float, out_size: int) -> np.ndarray:
+    """The crop of the square (x0, y0, side) turned by ``roll_deg`` about its centre, at ``out_size``.
+
+    The square's surroundings (enough for any angle) are cut first and, for a face much larger than the output,
+    reduced with area averaging to twice the output's scale, so the bilinear turn does not alias.
+    """
+    ext = int(math.ceil(side * math.sqrt(2))) + 2
+    px0, py0 = x0 + side // 2 - ext // 2, y0 + side // 2 - ext // 2
+    patch = _square_patch(image, px0, py0, ext)
+    scale = out_size / side
+    # Pixel centres: the square's centre sits at (x0 + side / 2 - 0.5) in index coordinates.
+    c = np.array([x0 + side / 2 - 0.5 - px0, y0 + side / 2 - 0.5 - py0])
+    if scale < 0.5:
+        reduced = max(2, int(round(ext * scale * 2)))
+        r = reduced / ext
+        patch = cv2.resize(patch, (reduced, reduced), interpolation=cv2.INTER_AREA)
+        c, scale = (c + 0.5) * r - 0.5, scale / r
+    # cv2 turns counter-clockwise for a positive angle: that levels a face whose roll (clockwise) is positive.
+    m = cv2.getRotationMatrix2D((float(c[0]), float(c[1])), roll_deg, scale)
+    m[:, 2] += (out_size / 2 - 0.5) - c
+    turned = cv2.warpAffine(patch, m, (out_size, out_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return turned.reshape((out_size, out_size) + image.shape[2:])
+
+
+def face_crops(image: np.ndarray, boxes_xywh: np.ndarray, landmarks: np.ndarray, spec: Preprocessing, out_size: int | None = None) -> np.ndarray:
+    """The crops a checkpoint expects from a frame: its margin, and turned level by the eye landmarks where its
+    record says ``align`` (landmarks NaN, as from Haar, keep the upright crop)."""
+    roll = None
+    if spec.align:
+        from fer_core.measures import roll_from_eyes
+
+        roll = roll_from_eyes(np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2))
+    return crop_faces(image, boxes_xywh, margin=spec.crop_margin, out_size=out_size or spec.input_size, roll_deg=roll)
 
 
 def to_channels(crops: np.ndarray, channels: int) -> np.ndarray:
@@ -155,7 +210,7 @@ class TrainPreset:
 
     Input: uint8 or float tensor (N, C, S, S) at the checkpoint's input size; output: normalised float.
     Random crop from a reflect-padded image, horizontal flip, small rotation / scale / shift, brightness and
-    contrast, random erasing.
+    contrast, optional video-like corruptions (:mod:`fer_core.corrupt`), random erasing.
     """
 
     spec: Preprocessing = field(default_factory=Preprocessing)
@@ -171,6 +226,9 @@ class TrainPreset:
     contrast: float = 0.2
     erase_p: float = 0.5
     erase_area: tuple[float, float] = (0.02, 0.2)
+    corruptions: dict[str, float] = field(default_factory=dict)
+    """Video-like corruptions (names in :data:`fer_core.corrupt.CORRUPTIONS`), each applied to an image with its
+    own probability, after the geometric and photometric steps and before normalisation."""
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         import torch
@@ -206,6 +264,10 @@ class TrainPreset:
             c = 1 + (rand(n, 1, 1, 1) * 2 - 1) * self.contrast
             m = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - m) * c + m * b).clamp_(0, 1)
+        if any(p > 0 for p in self.corruptions.values()):
+            from fer_core.corrupt import CorruptionAugment
+
+            x = CorruptionAugment(dict(self.corruptions))(x, rand)
         x = normalize(x, self.spec)
         if self.erase_p > 0:
             x = _random_erase(x, self.erase_p, self.erase_area, rand)

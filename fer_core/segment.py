@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_core.config import AnnotateOptions
 from fer_core.measures import MEASURE_COLUMNS, measure_faces
-from fer_core.preprocess import Preprocessing, crop_faces, to_channels
+from fer_core.preprocess import Preprocessing, face_crops, to_channels
 from fer_core.schedule import ScheduledDetector, detect_every_for
 
 KIND_FACE = "face"
@@ -199,7 +199,7 @@ def process_segment(
             if len(dets) == 0:
                 batch.add(KIND_NOFACE, frame.frame_index, frame.timestamp_s, -1, None, float("nan"), None)
             else:
-                crops = crop_faces(frame.image, dets.boxes, margin=spec.crop_margin, out_size=spec.input_size)
+                crops = face_crops(frame.image, dets.boxes, dets.landmarks, spec)
                 if spec.channels == 1:
                     crops = to_channels(crops, 1)[..., 0]
                 measures = measure_faces(frame.image, dets)

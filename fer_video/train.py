@@ -47,6 +47,9 @@ def main(
             raise DataError(f"FERPlus votes not found at {cfg.ferplus!r}; fix ferplus in the config or drop it")
         if cfg.init_from:
             check_init_from(cfg)
+        if cfg.distill_targets and not Path(cfg.distill_targets).is_file():
+            raise DataError(f"teacher predictions not found at {cfg.distill_targets!r}; write them with "
+                            "training/distill.py or fix distill_targets")
     except (ConfigError, DataError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
@@ -57,6 +60,8 @@ def main(
         cfg.ferplus = storage.absolute(cfg.ferplus)
     if cfg.init_from:
         cfg.init_from = str(Path(cfg.init_from).resolve())
+    if cfg.distill_targets:
+        cfg.distill_targets = str(Path(cfg.distill_targets).resolve())
     try:
         model_dir = run(cfg, out, as_given)
     except Exception as e:  # Ray wraps worker errors; show the cause in one line

@@ -68,6 +68,36 @@ def test_init_from_that_does_not_fit_exits_1_before_training(tmp_path: Path, tin
     assert not (tmp_path / "debug").exists()
 
 
+def test_missing_teacher_predictions_exit_1_before_training(tmp_path: Path) -> None:
+    r = _run([*TRAIN, "--out", str(tmp_path), "--set", f"distill_targets={tmp_path / 'absent.npz'}"], timeout_s=120)
+    assert r.returncode == 1, _log(r)
+    lines = _error_lines(r)
+    assert len(lines) == 1 and lines[0].startswith("error: teacher predictions not found"), _log(r)
+    assert not (tmp_path / "debug").exists()
+
+
+@pytest.mark.slow
+def test_a_robust_run_aligns_corrupts_and_distils(tmp_path: Path, fer_data_dir: Path) -> None:
+    """One epoch of the debug config with aligned faces, every corruption and a teacher: the run trains under DDP
+    and its exported checkpoint records all three, so the job serves it aligned."""
+    from training.data import load_fer
+    from training.distill import save_predictions
+
+    fer = load_fer(fer_data_dir)
+    probs = np.random.default_rng(0).dirichlet(np.ones(7), size=len(fer)).astype(np.float32)
+    teacher = save_predictions(tmp_path / "teacher.npz", fer.row, fer.usage, probs, {"teachers": [], "ensemble_public_accuracy": None})
+    sets = ["align=true", f"distill_targets={teacher}", "distill_weight=0.5", "distill_temperature=2"]
+    sets += [f"aug_{name}_p=0.3" for name in ("roll", "crop_jitter", "gaussian_blur", "motion_blur", "downscale",
+                                              "occlusion", "low_light", "noise", "jpeg")]
+    r = _run([*TRAIN, "--out", str(tmp_path / "out"), *[a for s in sets for a in ("--set", s)]])
+    assert r.returncode == 0, _log(r)
+    assert "distilling" in r.stdout + r.stderr, _log(r)
+    meta = json.loads((tmp_path / "out" / "debug" / "model" / "fer_checkpoint.json").read_text())
+    assert meta["preprocessing"]["align"] is True
+    assert meta["train_config"]["aug_jpeg_p"] == 0.3 and meta["train_config"]["distill_weight"] == 0.5
+    assert meta["train_config"]["distill_targets"] == str(teacher)
+
+
 # ------------------------------------------------------------------------------------------------ the real run
 
 

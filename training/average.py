@@ -60,6 +60,7 @@ def average_checkpoints(
 
     import torch
 
+    from training.align import as_served
     from training.loop import accuracy_plain_and_flip
     from training.swa import average_states, bn_sample, recompute_batchnorm
 
@@ -76,13 +77,13 @@ def average_checkpoints(
     spec, device = metas[0].preprocessing, torch.device("cpu")
     model, meta = copy.deepcopy(loaded[0][0]), metas[0]  # a copy: the inputs are evaluated as they are below
     model.load_state_dict(states)
-    faces = bn_sample(fer.split("Training").pixels, bn_images)
+    faces = bn_sample(as_served(fer.split("Training").pixels, spec), bn_images)
     progress(f"re-estimating BatchNorm statistics on {len(faces)} Training faces")
     recompute_batchnorm(model, faces, spec, device=device)
 
     def accuracy(net: torch.nn.Module) -> tuple[float, float]:
         val = fer.split("PublicTest")
-        return accuracy_plain_and_flip(net, val.pixels, val.labels, spec, device=device)
+        return accuracy_plain_and_flip(net, as_served(val.pixels, spec), val.labels, spec, device=device)
 
     inputs = []
     if public:

@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 
 OPTIMIZERS = ("sgd", "adamw")
+CORRUPTION_KEYS = ("aug_roll_p", "aug_crop_jitter_p", "aug_gaussian_blur_p", "aug_motion_blur_p", "aug_downscale_p",
+                   "aug_occlusion_p", "aug_low_light_p", "aug_noise_p", "aug_jpeg_p")
+"""Config keys of the video-like corruptions: aug_<name>_p, name as in fer_core.corrupt.CORRUPTIONS."""
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 
 
@@ -47,6 +50,9 @@ class TrainConfig:
     std: float = 0.25
     crop_margin: float = 0.01
     """Margin around detected faces when the annotation job cuts crops; recorded in the checkpoint."""
+    align: bool = False
+    """Train (and evaluate) on faces turned level by YuNet's eye landmarks (training/align.py); recorded in the
+    checkpoint, so the job aligns its crops the same way."""
     epochs: int = 30
     batch_size: int = 128
     """Global batch size, split across workers."""
@@ -73,6 +79,30 @@ class TrainConfig:
     aug_brightness: float = 0.2
     aug_contrast: float = 0.2
     aug_erase_p: float = 0.5
+    aug_roll_p: float = 0.0
+    """Probability of a head tilt of 8-32 degrees (fer_core.corrupt; severities there), on top of aug_rotate_deg."""
+    aug_crop_jitter_p: float = 0.0
+    """Probability of a detector-like shift and zoom of the crop by up to 2-16%."""
+    aug_gaussian_blur_p: float = 0.0
+    """Probability of an out-of-focus blur, sigma 0.4-2.2 px."""
+    aug_motion_blur_p: float = 0.0
+    """Probability of a motion streak of 2-8 px."""
+    aug_downscale_p: float = 0.0
+    """Probability of a small face: reduced to 14-30 px and upscaled back."""
+    aug_occlusion_p: float = 0.0
+    """Probability of a flat occluder over 6-32% of the face."""
+    aug_low_light_p: float = 0.0
+    """Probability of a dark scene, gamma 1.2-3.2 with a matching gain."""
+    aug_noise_p: float = 0.0
+    """Probability of sensor noise, sigma 2-22 grey levels."""
+    aug_jpeg_p: float = 0.0
+    """Probability of JPEG compression at quality 8-40."""
+    distill_targets: str | None = None
+    """Teacher predictions to distil (training/distill.py writes them); None = no distillation."""
+    distill_weight: float = 0.5
+    """Share of the loss that is distillation; the rest is cross-entropy with the labels."""
+    distill_temperature: float = 2.0
+    """Softening temperature of teacher and student in the distillation term."""
     early_stop_patience: int = 0
     """Stop after this many epochs without a better PublicTest accuracy (0 = off)."""
     swa_start: int = 0
@@ -111,6 +141,10 @@ class TrainConfig:
         need(self.lr > 0, "lr", "must be > 0")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(0 <= self.mix_prob <= 1, "mix_prob", "must be in [0, 1]")
+        for key in CORRUPTION_KEYS:
+            need(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
+        need(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
+        need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
         need(self.swa_start >= 0, "swa_start", "must be >= 0 (0 = off)")
         need(self.swa_bn_images >= 0, "swa_bn_images", "must be >= 0 (0 = all training faces)")
         need(self.tta in ("none", "flip"), "tta", "must be 'none' or 'flip'")

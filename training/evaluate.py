@@ -291,7 +291,9 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Every figure of one split; its confusion, confidence and reliability PNGs go to ``out`` when ``figures``."""
     start = time.perf_counter()
-    probs = predict_proba_tta(classifier, data.pixels, tta)
+    from training.align import as_served
+
+    probs = predict_proba_tta(classifier, as_served(data.pixels, classifier.meta.preprocessing), tta)
     seconds = time.perf_counter() - start
     report = classification_report(probs, data.labels, classifier.classes, n_bins=ECE_BINS)
     if ferplus is not None:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from fer_core.checkpoint import CheckpointMeta
 from fer_core.labels import EMOTIONS
 from fer_core.preprocess import EvalPreset, Preprocessing, TrainPreset
-from training.config import TrainConfig
+from training.config import CORRUPTION_KEYS, TrainConfig
+from training.distill import distill_loss
 
 
 def preprocessing_of(cfg: TrainConfig) -> Preprocessing:
@@ -26,6 +27,7 @@ def preprocessing_of(cfg: TrainConfig) -> Preprocessing:
         mean=(cfg.mean,) * cfg.channels,
         std=(cfg.std,) * cfg.channels,
         crop_margin=cfg.crop_margin,
+        align=cfg.align,
     )
 
 
@@ -57,6 +59,7 @@ def train_preset_of(cfg: TrainConfig) -> TrainPreset:
         brightness=cfg.aug_brightness,
         contrast=cfg.aug_contrast,
         erase_p=cfg.aug_erase_p,
+        corruptions={key[len("aug_") : -len("_p")]: getattr(cfg, key) for key in CORRUPTION_KEYS},
     )
 
 
@@ -177,12 +180,17 @@ def train_one_epoch(
     world_size: int,
     device: torch.device,
     class_weight: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> EpochStats:
     """One epoch over in-memory uint8 images (N, C, S, S) and (N, C) target probabilities.
 
     Every worker sees the same permutation (seeded by epoch) and takes its own stride of it, so the workers
     cover the data once per epoch and run equally many steps (a DDP requirement). Under DDP the returned loss,
     accuracy and image count are summed over all workers.
+
+    ``teacher``: (N, C) teacher probabilities on the clean faces, softened by ``cfg.distill_temperature``; with it
+    the loss is ``(1 - w) * cross-entropy + w * distillation`` (w = ``cfg.distill_weight``), and mixup mixes the
+    teacher's targets as it mixes the labels.
     """
     model.train()
     rng = np.random.default_rng(cfg.seed * 1000 + epoch * world_size + rank)
@@ -195,11 +203,18 @@ def train_one_epoch(
         x = preset(images[idx].to(device, non_blocking=True), generator=gen)
         y = targets[idx].to(device, non_blocking=True)
         hard = y.argmax(1)
+        n_classes = y.shape[1]
+        if teacher is not None:
+            y = torch.cat([y, teacher[idx].to(device, non_blocking=True)], 1)
         x, y = mix_batch(x, y, cfg, rng)
+        y, soft = y[:, :n_classes], y[:, n_classes:]
         schedule.step_batch(epoch * steps + step)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
         loss = soft_cross_entropy(logits, y, cfg.label_smoothing, class_weight)
+        if teacher is not None:
+            w = cfg.distill_weight
+            loss = (1 - w) * loss + w * distill_loss(logits, soft, cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

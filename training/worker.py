@@ -77,7 +77,22 @@ def train_worker(config: dict[str, Any]) -> None:
     val = data.split("PublicTest")
     if cfg.limit_eval:
         val = val.subset(cfg.limit_eval, seed=cfg.seed)
+    if cfg.align:
+        from training.align import as_served
+
+        spec_aligned = preprocessing_of(cfg)
+        train = FerData(as_served(train.pixels, spec_aligned), train.labels, train.usage, train.row)
+        val = FerData(as_served(val.pixels, spec_aligned), val.labels, val.usage, val.row)
     images, targets = prepare_images(train.pixels, cfg), make_targets(train, cfg)
+    teacher = None
+    if cfg.distill_targets:
+        from training.distill import load_predictions, soften
+
+        log_probs, record = load_predictions(cfg.distill_targets, train.row)
+        teacher = soften(log_probs, cfg.distill_temperature)
+        if rank == 0:
+            print(f"distilling {cfg.distill_targets} (PublicTest {record.get('ensemble_public_accuracy')}), "
+                  f"weight {cfg.distill_weight}, temperature {cfg.distill_temperature}", flush=True)
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(train.labels, minlength=len(EMOTIONS)).astype(np.float32)
@@ -138,7 +153,7 @@ def train_worker(config: dict[str, Any]) -> None:
         epoch += 1
         stats = train_one_epoch(
             model, optimizer, schedule, preset, images, targets, cfg=cfg, batch_size=per_worker_batch, epoch=epoch,
-            rank=rank, world_size=world, device=device, class_weight=class_weight,
+            rank=rank, world_size=world, device=device, class_weight=class_weight, teacher=teacher,
         )
         t0 = time.perf_counter()
         acc, acc_flip = public_accuracy(core)

@@ -1,0 +1,103 @@
+"""Distillation: the loss, teacher prediction files, and a real training epoch that learns from a teacher."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.config import ConfigError, load_config
+from training.data import DataError
+from training.distill import distill_loss, ensemble_predictions, load_predictions, save_predictions, soften
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_loss_is_zero_when_the_student_matches_and_equals_t2_kl() -> None:
+    logits = torch.randn(8, 7)
+    for t in (1.0, 2.0, 4.0):
+        teacher = torch.softmax(logits / t, -1)
+        assert float(distill_loss(logits, teacher, t)) == pytest.approx(0.0, abs=1e-5)
+    student = torch.randn(8, 7, requires_grad=True)
+    teacher = soften(torch.log_softmax(logits, -1), 2.0)
+    loss = distill_loss(student, teacher, 2.0)
+    expected = F.kl_div(F.log_softmax(student / 2.0, -1), teacher, reduction="batchmean") * 4.0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    loss.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+def test_soften_matches_logits_over_temperature() -> None:
+    logits = torch.randn(5, 7)
+    log_p = torch.log_softmax(logits, -1)
+    assert torch.allclose(soften(log_p, 3.0), torch.softmax(logits / 3.0, -1), atol=1e-6)
+    assert torch.allclose(soften(log_p, 1.0), torch.softmax(logits, -1), atol=1e-6)
+
+
+def test_prediction_files_join_by_row_and_refuse_what_they_lack(tmp_path: Path) -> None:
+    rows = np.array([5, 1, 9, 3])
+    probs = np.random.default_rng(0).dirichlet(np.ones(7), size=4).astype(np.float32)
+    path = save_predictions(tmp_path / "t.npz", rows, np.zeros(4, np.uint8), probs, {"teachers": []})
+    log_p, record = load_predictions(path, np.array([9, 5]))
+    assert record["format"] == "fer-teacher-predictions/1"
+    assert np.allclose(np.exp(log_p), probs[[2, 0]], atol=2e-3)  # stored as float16 log-probabilities
+    with pytest.raises(DataError, match="no predictions for 1 of the 2 training faces"):
+        load_predictions(path, np.array([9, 7]))
+    with pytest.raises(DataError, match="no row numbers"):
+        load_predictions(path, np.array([-1, 5]))
+    with pytest.raises(DataError, match="not found"):
+        load_predictions(tmp_path / "absent.npz", rows)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="not a teacher-predictions file"):
+        load_predictions(tmp_path / "other.npz", rows)
+
+
+def test_config_keys_are_validated() -> None:
+    cfg = load_config(None, {"distill_targets": "teachers/x.npz", "distill_weight": "0.7", "distill_temperature": "3"})
+    assert (cfg.distill_targets, cfg.distill_weight, cfg.distill_temperature) == ("teachers/x.npz", 0.7, 3.0)
+    with pytest.raises(ConfigError, match="distill_weight: must be in"):
+        load_config(None, {"distill_weight": "1.5"})
+    with pytest.raises(ConfigError, match="distill_temperature: must be > 0"):
+        load_config(None, {"distill_temperature": "0"})
+
+
+def test_an_ensemble_is_scored_on_publictest_and_its_mean_written(fer_data_dir, tiny_checkpoint, tmp_path: Path) -> None:
+    from fer_core.checkpoint import default_model_dir
+    from training.data import load_fer
+
+    data = load_fer(fer_data_dir, splits=["PublicTest"]).subset(300)
+    probs, record = ensemble_predictions([str(default_model_dir()), str(tiny_checkpoint)], data, device=torch.device("cpu"))
+    assert probs.shape == (300, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    shipped, tiny = record["teachers"]
+    assert shipped["public_accuracy_flip"] > 0.6 and tiny["public_accuracy_flip"] < 0.4  # trained vs untrained
+    assert record["ensemble_public_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == data.labels)))
+
+
+def test_an_epoch_with_distill_weight_1_pulls_the_student_to_the_teacher() -> None:
+    """A real training loop on random faces whose only signal is the teacher: KL to the teacher falls."""
+    from fer_core.models import create_model
+    from training.loop import Schedule, build_optimizer, train_one_epoch, train_preset_of
+
+    torch.manual_seed(0)
+    cfg = load_config(None, {"model": "fer_vgg_tiny", "epochs": 6, "batch_size": 32, "lr": 0.05, "schedule": "constant",
+                             "mix_prob": 0, "distill_targets": "x", "distill_weight": 1.0, "distill_temperature": 1.0,
+                             "aug_pad": 0, "aug_flip": False, "aug_rotate_deg": 0, "aug_scale": 0, "aug_brightness": 0,
+                             "aug_contrast": 0, "aug_erase_p": 0})
+    images = torch.randint(0, 256, (128, 1, 48, 48), dtype=torch.uint8)
+    # The teacher says: class 3 when the face's left half is brighter, class 5 otherwise.
+    brighter = images[:, 0, :, :24].float().mean((1, 2)) > images[:, 0, :, 24:].float().mean((1, 2))
+    teacher = torch.full((128, 7), 0.01)
+    teacher[brighter, 3], teacher[~brighter, 5] = 0.94, 0.94
+    labels = torch.eye(7)[torch.zeros(128, dtype=torch.long)]  # labels all say class 0: ignored at weight 1
+    model = create_model("fer_vgg_tiny")
+    optimizer = build_optimizer(cfg, model)
+    schedule = Schedule(cfg, optimizer, steps_per_epoch=4)
+    preset = train_preset_of(cfg)
+    losses = [train_one_epoch(model, optimizer, schedule, preset, images, labels, cfg=cfg, batch_size=32, epoch=e,
+                              rank=0, world_size=1, device=torch.device("cpu"), teacher=teacher).loss for e in range(6)]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert all(math.isfinite(v) for v in losses)

@@ -1,0 +1,151 @@
+"""Knowledge distillation: teachers' soft predictions, scored as an ensemble and saved, and the loss that teaches
+them to a student.
+
+    python training/distill.py --teacher runs/t1/model --teacher runs/t2/model \\
+        --data ../shared/data/fer2013 --out teachers/ensemble_t1_t2.npz
+
+The file holds the ensemble's probabilities (the mean of the teachers', each with flip averaging) on every face
+of every split, keyed by the face's fer2013.csv row, and its record (each teacher's and the ensemble's PublicTest
+accuracy). It is small (about 0.5 MB), so a teacher trained on one machine, or on a GPU, is committed as its
+predictions and distilled elsewhere. PrivateTest predictions are written but never scored here.
+
+A training config distils with ``distill_targets: teachers/....npz`` (its Training rows), ``distill_weight``
+(the share of the loss that is distillation) and ``distill_temperature``. The teacher's predictions are those on
+the clean face, while the student sees the augmented and corrupted one: the student learns to answer on a
+blurred, small or dark face what the teacher answers on the clean face.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.data import SPLITS, DataError, FerData  # noqa: E402
+
+FORMAT = "fer-teacher-predictions/1"
+LOG_FLOOR = -30.0
+"""Smallest stored log-probability (a probability of about 1e-13)."""
+
+
+def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: T^2 * KL(teacher || student), both softened by ``temperature``.
+
+    Args:
+        logits: the student's (N, C) logits.
+        teacher_probs: (N, C) teacher probabilities already softened by the same temperature
+            (:func:`soften`), possibly mixed by mixup like the images.
+        temperature: T; the T^2 factor keeps the gradient's scale independent of T.
+    """
+    log_student = F.log_softmax(logits.float() / temperature, dim=-1)
+    t = teacher_probs.float()
+    kl = (t * (torch.log(t.clamp(min=1e-12)) - log_student)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def soften(log_probs: np.ndarray | torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher probabilities at a temperature: softmax(log p / T)."""
+    lp = torch.as_tensor(np.asarray(log_probs), dtype=torch.float32)
+    return torch.softmax(lp / temperature, dim=-1)
+
+
+def save_predictions(path: str | Path, rows: np.ndarray, usage: np.ndarray, probs: np.ndarray, record: dict[str, Any]) -> Path:
+    """Write an ensemble's probabilities (N, C) for the faces of fer2013.csv ``rows``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log_probs = np.maximum(np.log(np.clip(probs, 1e-30, 1.0)), LOG_FLOOR).astype(np.float16)
+    tmp = path.with_name(f".{path.name}.part.npz")
+    np.savez_compressed(tmp, row=rows.astype(np.int64), usage=usage.astype(np.uint8), log_probs=log_probs,
+                        record=np.array(json.dumps({"format": FORMAT, **record})))
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(path: str | Path, rows: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Log-probabilities (N, C) of a teacher file for the given fer2013.csv rows, and its record.
+
+    Raises:
+        DataError: if the file is missing or not a teacher file, or lacks some of the rows.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"teacher predictions not found at {str(p)!r}; write them with training/distill.py or fix distill_targets")
+    with np.load(p, allow_pickle=False) as d:
+        if "log_probs" not in d.files or "row" not in d.files or "record" not in d.files:
+            raise DataError(f"{p.name} is not a teacher-predictions file (expected row, log_probs, record); write it with training/distill.py")
+        record = json.loads(str(d["record"]))
+        stored_rows, log_probs = d["row"], d["log_probs"].astype(np.float32)
+    if (rows < 0).any():
+        raise DataError("distillation joins teacher predictions by fer2013.csv row; this data form has no row numbers (use the npz or csv form)")
+    index = np.full(int(max(stored_rows.max(initial=0), rows.max(initial=0))) + 1, -1, dtype=np.int64)
+    index[stored_rows] = np.arange(len(stored_rows))
+    found = index[rows]
+    if (found < 0).any():
+        raise DataError(f"{p.name} has no predictions for {int((found < 0).sum())} of the {len(rows)} training faces; "
+                        "write it on the same data set")
+    return log_probs[found], record
+
+
+def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mean probabilities of the teachers (each with flip averaging, in fp32) on every face of ``data``, and a
+    record with each teacher's and the ensemble's PublicTest accuracy (PrivateTest is not scored)."""
+    from fer_core.checkpoint import load_checkpoint
+    from training.align import as_served
+    from training.loop import predict_logits
+
+    public = data.usage == SPLITS.index("PublicTest")
+    members, total = [], None
+    for source in teachers:
+        model, meta, _ = load_checkpoint(source)
+        model = model.to(device).float()
+        probs = predict_logits(model, as_served(data.pixels, meta.preprocessing), meta.preprocessing,
+                               device=device, tta="flip")
+        acc = float(np.mean(probs[public].argmax(1) == data.labels[public])) if public.any() else None
+        members.append({"source": str(source), "name": meta.name, "public_accuracy_flip": acc})
+        total = probs if total is None else total + probs
+    assert total is not None
+    mean = total / len(teachers)
+    acc = float(np.mean(mean[public].argmax(1) == data.labels[public])) if public.any() else None
+    return mean, {"teachers": members, "ensemble_public_accuracy": acc, "tta": "flip"}
+
+
+def main(
+    teacher: list[str],
+    data: str = "../shared/data/fer2013",
+    out: str = "teachers/ensemble.npz",
+) -> None:
+    from training.data import load_fer
+
+    fer = load_fer(data)
+    probs, record = ensemble_predictions(teacher, fer, device=torch.device("cpu"))
+    save_predictions(out, fer.row, fer.usage, probs, {**record, "data": data})
+    for m in record["teachers"]:
+        print(f"{m['name']}: PublicTest {m['public_accuracy_flip']:.4f} (flip)")
+    print(f"ensemble of {len(teacher)}: PublicTest {record['ensemble_public_accuracy']:.4f}; written to {out}")
+
+
+if __name__ == "__main__":
+    import typer
+
+    def _cli(
+        teacher: list[str] = typer.Option(..., "--teacher", help="A teacher checkpoint folder (repeat for an ensemble)."),
+        data: str = typer.Option("../shared/data/fer2013", "--data", help="FER-2013 location."),
+        out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
+    ) -> None:
+        """Score teachers and their ensemble on PublicTest and write their predictions on every face."""
+        from fer_core.checkpoint import CheckpointError
+
+        try:
+            main(teacher, data, out)
+        except (DataError, CheckpointError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+
+    typer.run(_cli)
