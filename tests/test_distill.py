@@ -101,3 +101,43 @@ def test_an_epoch_with_distill_weight_1_pulls_the_student_to_the_teacher() -> No
                               rank=0, world_size=1, device=torch.device("cpu"), teacher=teacher).loss for e in range(6)]
     assert losses[-1] < losses[0] * 0.8, losses
     assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.slow
+def test_the_gpu_teacher_script_runs_end_to_end_on_the_cpu(fer_data_dir, tmp_path: Path) -> None:
+    """training/gpu_teachers.py at toy size (--cpu, the debug config, 1 epoch): a teacher trained with Ray Train, its
+    export, the ensemble's predictions in the distillation format and the summary."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    out = tmp_path / "teachers"
+    r = subprocess.run([sys.executable, "training/gpu_teachers.py", str(fer_data_dir), "--out", str(out), "--cpu",
+                        "--teacher", "debug", "--epochs", "1"], cwd=repo, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["name"] for t in summary["teachers"]] == ["debug"] and summary["teachers"][0]["epochs"] == 1
+    assert (out / "debug" / "model" / "fer_checkpoint.json").is_file()
+    from training.data import load_fer
+
+    rows = load_fer(fer_data_dir, splits=["Training"]).row
+    log_p, record = load_predictions(out / "teachers.npz", rows)
+    assert log_p.shape == (len(rows), 7) and record["ensemble_public_accuracy"] == summary["ensemble_public_accuracy"]
+
+
+def test_the_gpu_teacher_script_says_when_there_is_no_gpu(fer_data_dir) -> None:
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "training/gpu_teachers.py", str(fer_data_dir)], cwd=repo, capture_output=True,
+                       text=True, timeout=120)
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "no CUDA GPU is visible" in lines[0], r.stdout + r.stderr

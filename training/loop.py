@@ -199,7 +199,7 @@ def train_one_epoch(
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch * 101 + rank)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     for step in range(steps):
-        idx = perm[(step * world_size + rank) * batch_size : (step * world_size + rank + 1) * batch_size]
+        idx = perm[(step * world_size + rank) * batch_size : (step * world_size + rank + 1) * batch_size].to(images.device)
         x = preset(images[idx].to(device, non_blocking=True), generator=gen)
         y = targets[idx].to(device, non_blocking=True)
         hard = y.argmax(1)

@@ -93,6 +93,11 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"distilling {cfg.distill_targets} (PublicTest {record.get('ensemble_public_accuracy')}), "
                   f"weight {cfg.distill_weight}, temperature {cfg.distill_temperature}", flush=True)
+    if device.type == "cuda":
+        # The whole training set lives on the GPU (28,709 faces are 66 MB as uint8): batches and their augmentation
+        # never leave it.
+        images, targets = images.to(device), targets.to(device)
+        teacher = teacher.to(device) if teacher is not None else None
     class_weight = None
     if cfg.class_weights:
         counts = np.bincount(train.labels, minlength=len(EMOTIONS)).astype(np.float32)
