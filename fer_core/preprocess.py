@@ -144,7 +144,7 @@ def _turned_crop(image: np.ndarray, x0: int, y0: int, side: int, roll_deg: float
     return turned.reshape((out_size, out_size) + image.shape[2:])
 
 
-def face_crops(image: np.ndarray, boxes_xywh: np.ndarray, landmarks: np.ndarray, spec: Preprocessing, out_size: int | None = None) -> np.ndarray:
+def face_crops(image: np.ndarray, boxes_xywh: np.ndarray, landmarks: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """The crops a checkpoint expects from a frame: its margin, and turned level by the eye landmarks where its
     record says ``align`` (landmarks NaN, as from Haar, keep the upright crop)."""
     roll = None
@@ -152,7 +152,7 @@ def face_crops(image: np.ndarray, boxes_xywh: np.ndarray, landmarks: np.ndarray,
         from fer_core.measures import roll_from_eyes
 
         roll = roll_from_eyes(np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2))
-    return crop_faces(image, boxes_xywh, margin=spec.crop_margin, out_size=out_size or spec.input_size, roll_deg=roll)
+    return crop_faces(image, boxes_xywh, margin=spec.crop_margin, out_size=spec.input_size, roll_deg=roll)
 
 
 def to_channels(crops: np.ndarray, channels: int) -> np.ndarray:

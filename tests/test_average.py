@@ -78,3 +78,21 @@ def test_one_line_errors_for_what_cannot_be_averaged(tmp_path: Path) -> None:
     result = runner.invoke(app, [str(a), str(b), *data])
     assert result.exit_code == 1 and result.output.strip().startswith("error: FER-2013 data not found")
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_a_weighted_average_interpolates_and_bad_weights_are_refused(tmp_path: Path, fer_data_dir: Path) -> None:
+    a, b = _checkpoint(tmp_path / "a", 1), _checkpoint(tmp_path / "b", 2)
+    out = tmp_path / "wise"
+    result = CliRunner().invoke(app, [str(a), str(b), "--data", str(fer_data_dir), "--out", str(out),
+                                      "--bn-images", "256", "--no-public", "--weight", "3", "--weight", "1"])
+    assert result.exit_code == 0, result.output
+    wa, wb, wm = (load_file(str(p / WEIGHTS_FILE)) for p in (a, b, out))
+    convs = [k for k in wa if wa[k].ndim == 4]
+    assert convs and all(torch.allclose(wm[k], 0.75 * wa[k] + 0.25 * wb[k], atol=1e-6) for k in convs)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["train_config"]["weights"] == [3.0, 1.0] and meta["metrics"]["weights"] == [3.0, 1.0]
+    for weights in (["--weight", "1"], ["--weight", "1", "--weight", "0"]):
+        bad = CliRunner().invoke(app, [str(a), str(b), "--data", str(fer_data_dir), "--out", str(tmp_path / "bad"), *weights])
+        lines = bad.output.strip().splitlines()
+        assert bad.exit_code == 1 and len(lines) == 1 and "expected 2 positive weights, one per checkpoint" in lines[0], bad.output
+    assert not (tmp_path / "bad").exists()

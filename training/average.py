@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -52,9 +52,11 @@ def average_checkpoints(
     name: str = "",
     bn_images: int = 0,
     public: bool = True,
+    weights: list[float] | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Write the average of ``sources`` to ``out``; returns its id and the PublicTest accuracies measured.
+    ``weights`` makes it a weighted mean (e.g. 0.5 / 0.5 of a model and its fine-tune: WiSE-FT's interpolation).
     ``progress`` receives a line before each step that takes a while (minutes on 2 CPU cores)."""
     import copy
 
@@ -70,7 +72,10 @@ def average_checkpoints(
     names = [str(s) for s in sources]
     metas = [meta for _, meta, _ in loaded]
     check_compatible(metas, names)  # one architecture and options: the weights share one layout
-    states = average_states([model.state_dict() for model, _, _ in loaded])
+    try:
+        states = average_states([model.state_dict() for model, _, _ in loaded], weights)
+    except ValueError as e:
+        raise AverageError(str(e)) from None
     check_source(data)  # a wrong --data fails here, in one line, before minutes of work
     progress(f"averaging {len(sources)} checkpoint(s) of {metas[0].arch}; loading FER-2013 from {data}")
     fer = load_fer(data, splits=["Training", "PublicTest"] if public else ["Training"])
@@ -94,11 +99,15 @@ def average_checkpoints(
             record["public_accuracy"], record["public_accuracy_flip"] = accuracy(net)
         inputs.append(record)
     metrics: dict[str, Any] = {"averaged_from": inputs, "bn_images": bn_images or len(fer.split("Training"))}
+    if weights is not None:
+        metrics["weights"] = [float(w) for w in weights]
     if public:
         metrics["public_accuracy"], metrics["public_accuracy_flip"] = accuracy(model)
     meta.metrics = metrics
     # Each input's checkpoint records its own training; this one records how it was made from them.
     meta.train_config = {"average_of": names, "data": str(data), "bn_images": metrics["bn_images"]}
+    if weights is not None:
+        meta.train_config["weights"] = metrics["weights"]
     meta.name = name or f"{meta.name or meta.arch}-" + (f"avg{len(sources)}" if len(sources) > 1 else "bn")
     save_checkpoint(out, model, meta)
     _, _, model_id = load_checkpoint(out)
@@ -116,10 +125,12 @@ def main(
     name: str = typer.Option("", "--name", help="Model name recorded in the checkpoint (default: first's + -avgN)."),
     bn_images: int = typer.Option(0, "--bn-images", help="Training faces for the BatchNorm statistics (0 = all)."),
     public: bool = typer.Option(True, "--public/--no-public", help="Report PublicTest accuracy of inputs and average."),
+    weight: Optional[list[float]] = typer.Option(None, "--weight", help="One weight per checkpoint, in order (repeat; default: equal)."),
 ) -> None:
     """Average checkpoints' weights, recompute BatchNorm statistics, and report PublicTest accuracy."""
     try:
         result = average_checkpoints(models, data, out, name=name, bn_images=bn_images, public=public,
+                                     weights=list(weight) if weight else None,
                                      progress=lambda message: typer.echo(message, err=True))
     except (AverageError, CheckpointError, DataError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -17,11 +17,18 @@ import torch
 from fer_core.preprocess import EvalPreset, Preprocessing
 
 
-def average_states(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of state dicts with the same keys and shapes; integer entries (BatchNorm's batch
-    counters) are taken from the first. Raises ValueError naming the first key that does not match."""
+def average_states(
+    states: list[Mapping[str, torch.Tensor]], weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts with the same keys and shapes, or their weighted mean (``weights``,
+    normalised to sum 1); integer entries (BatchNorm's batch counters) are taken from the first. Raises ValueError
+    naming the first key that does not match, or for weights that are not one positive number per state."""
     if not states:
         raise ValueError("nothing to average: no weights given")
+    if weights is not None and (len(weights) != len(states) or any(not w > 0 for w in weights)):
+        raise ValueError(f"expected {len(states)} positive weights, one per checkpoint, got {list(weights)}")
+    share = torch.tensor([1.0] * len(states) if weights is None else [float(w) for w in weights])
+    share = share / share.sum()
     first = states[0]
     for i, state in enumerate(states[1:], start=2):
         if state.keys() != first.keys():
@@ -34,7 +41,8 @@ def average_states(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.
     out = {}
     for key, value in first.items():
         if value.is_floating_point():
-            out[key] = torch.stack([s[key].detach().float().cpu() for s in states]).mean(0).to(value.dtype)
+            stacked = torch.stack([s[key].detach().float().cpu() for s in states])
+            out[key] = (stacked * share.view(-1, *([1] * value.dim()))).sum(0).to(value.dtype)
         else:
             out[key] = value.detach().cpu().clone()
     return out
