@@ -141,3 +141,16 @@ def test_the_gpu_teacher_script_says_when_there_is_no_gpu(fer_data_dir) -> None:
                        text=True, timeout=120)
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "no CUDA GPU is visible" in lines[0], r.stdout + r.stderr
+
+
+def test_the_teacher_command_gives_one_line_errors(tmp_path: Path, fer_data_dir) -> None:
+    from typer.testing import CliRunner
+
+    from training.distill import app
+
+    for args, message in ((["--teacher", str(tmp_path / "absent")], "does not exist"),
+                          (["--teacher", "fer_core/weights/default", "--data", str(tmp_path / "nodata")], "FER-2013 data not found")):
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "t.npz")] + ([] if "--data" in args else ["--data", str(fer_data_dir)]))
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "t.npz").exists()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -116,36 +117,30 @@ def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.de
     return mean, {"teachers": members, "ensemble_public_accuracy": acc, "tta": "flip"}
 
 
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
 def main(
-    teacher: list[str],
-    data: str = "../shared/data/fer2013",
-    out: str = "teachers/ensemble.npz",
+    teacher: list[str] = typer.Option(..., "--teacher", help="A teacher checkpoint folder (repeat for an ensemble)."),
+    data: str = typer.Option("../shared/data/fer2013", "--data", help="FER-2013 location."),
+    out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
 ) -> None:
+    """Score teachers and their ensemble on PublicTest and write their predictions on every face."""
+    from fer_core.checkpoint import CheckpointError
     from training.data import load_fer
 
-    fer = load_fer(data)
-    probs, record = ensemble_predictions(teacher, fer, device=torch.device("cpu"))
+    try:
+        fer = load_fer(data)
+        probs, record = ensemble_predictions(teacher, fer, device=torch.device("cpu"))
+    except (DataError, CheckpointError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     save_predictions(out, fer.row, fer.usage, probs, {**record, "data": data})
     for m in record["teachers"]:
-        print(f"{m['name']}: PublicTest {m['public_accuracy_flip']:.4f} (flip)")
-    print(f"ensemble of {len(teacher)}: PublicTest {record['ensemble_public_accuracy']:.4f}; written to {out}")
+        typer.echo(f"{m['name']}: PublicTest {m['public_accuracy_flip']:.4f} (flip)")
+    typer.echo(f"ensemble of {len(teacher)}: PublicTest {record['ensemble_public_accuracy']:.4f}; written to {out}")
 
 
 if __name__ == "__main__":
-    import typer
-
-    def _cli(
-        teacher: list[str] = typer.Option(..., "--teacher", help="A teacher checkpoint folder (repeat for an ensemble)."),
-        data: str = typer.Option("../shared/data/fer2013", "--data", help="FER-2013 location."),
-        out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
-    ) -> None:
-        """Score teachers and their ensemble on PublicTest and write their predictions on every face."""
-        from fer_core.checkpoint import CheckpointError
-
-        try:
-            main(teacher, data, out)
-        except (DataError, CheckpointError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
-
-    typer.run(_cli)
+    app()
