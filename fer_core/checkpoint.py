@@ -51,6 +51,9 @@ class CheckpointMeta:
     train_config: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     """A short human-readable model name recorded in outputs."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """int8 calibration (:mod:`fer_core.quantize`: scheme, activation ranges, the accuracy it was checked at);
+    empty when the checkpoint has none (``training/quantize.py`` adds it)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -64,6 +67,7 @@ class CheckpointMeta:
                 "tta": self.tta,
                 "metrics": self.metrics,
                 "train_config": self.train_config,
+                **({"quantization": self.quantization} if self.quantization else {}),
             },
             indent=2,
             sort_keys=True,
@@ -89,6 +93,7 @@ class CheckpointMeta:
                 metrics=d.get("metrics", {}),
                 train_config=d.get("train_config", {}),
                 name=d.get("name", ""),
+                quantization=d.get("quantization", {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: {META_FILE} is incomplete or invalid ({e})") from e
@@ -206,6 +211,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     ``--precision fp32`` there."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("precision int8 runs on the CPU only; use bf16 or fp32 on a GPU")
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
@@ -236,14 +243,28 @@ class Classifier:
         # bf16 autocast: on GPUs, and on CPUs with native bf16 (measured: 2.1x the float32 faces/s on an AVX512-BF16
         # core, probabilities within 0.002; benchmarks/annotate_throughput.py, training/evaluate.py --precision).
         self.precision = resolve_precision(precision, self.device)
-        self.model = fuse_for_inference(model.to(self.device).eval())
+        self.preset = EvalPreset(meta.preprocessing)
+        if self.precision == "int8":
+            from fer_core.quantize import SCHEME, quantized_model
+
+            record = meta.quantization
+            if record.get("scheme") != SCHEME:
+                raise CheckpointError(f"checkpoint {model_id} has no int8 calibration ({SCHEME}); add one with "
+                                      "training/quantize.py, or use --precision fp32 or bf16")
+            size = meta.preprocessing.input_size
+            example = torch.zeros(1, meta.preprocessing.channels, size, size)
+            try:
+                self.model = quantized_model(model.eval(), record["activation_ranges"], example)
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"checkpoint {model_id}: {e}; recalibrate with training/quantize.py") from None
+        else:
+            self.model = fuse_for_inference(model.to(self.device).eval())
         # oneDNN runs these small convolutions about 1.5x faster in channels-last layout (benchmarks/annotate_throughput.py).
-        self.channels_last = self.device.type == "cpu"
+        self.channels_last = self.device.type == "cpu" and self.precision != "int8"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.meta = meta
         self.model_id = model_id
-        self.preset = EvalPreset(meta.preprocessing)
     @property
     def classes(self) -> list[str]:
         return list(self.meta.classes)
@@ -285,7 +306,8 @@ def load_classifier(
 
     Args:
         device: "auto" (a GPU when there is one), "cpu", "cuda" or "cuda:N".
-        precision: "auto" (bf16 on GPUs and on CPUs with native bf16, else fp32), "fp32" or "bf16".
+        precision: "auto" (bf16 on GPUs and on CPUs with native bf16, else fp32), "fp32", "bf16" or "int8" (CPU only;
+            needs the int8 calibration that training/quantize.py stores in the checkpoint).
 
     Raises:
         CheckpointError: with what to pass instead.

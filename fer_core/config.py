@@ -8,7 +8,7 @@ from typing import Any
 
 DETECTORS = ("auto", "yunet", "haar")
 DECODERS = ("auto", "decord", "pyav")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -69,6 +69,8 @@ class AnnotateOptions:
             (self.decoder in DECODERS, "--decoder", f"must be one of {', '.join(DECODERS)}"),
             (self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (not (self.precision == "int8" and self.device == "gpu"), "--precision",
+             "int8 runs on the CPU only; use bf16 or fp32 with --device gpu"),
             (self.detect_max_side >= 64, "--detect-max-side", "must be >= 64"),
             (self.min_face_px >= 1, "--min-face-px", "must be >= 1"),
             (self.detect_every >= 0, "--detect-every", "must be >= 0 (1 = full detection on every sampled frame, 0 = auto)"),

@@ -39,7 +39,7 @@ def main(
     model: Optional[str] = typer.Option(None, help="Classifier checkpoint folder (default: the model shipped with the package)."),
     batch_size: int = typer.Option(256, help="Face crops per classifier batch."),
     device: str = typer.Option("auto", help="Classifier device: auto (GPU when the cluster has one), cpu or gpu."),
-    precision: str = typer.Option("auto", help="Classifier arithmetic: auto (bf16 on GPUs and CPUs with native bf16), fp32 or bf16."),
+    precision: str = typer.Option("auto", help="Classifier arithmetic: auto (bf16 on GPUs and CPUs with native bf16), fp32, bf16 or int8 (CPU; the shipped model is calibrated for it)."),
     classifier_actors: int = typer.Option(0, help="Classifier actors (0 = one per GPU, or one per 8 CPUs)."),
     classifier_cpus: float = typer.Option(0.5, help="CPUs reserved by each CPU classifier actor."),
     decode_label: list[str] = typer.Option([], help="Run decode tasks only on nodes with this Ray label KEY=VALUE (repeatable)."),
@@ -73,7 +73,10 @@ def main(
 
     try:
         videos = list_inputs(inputs)
-        load_checkpoint(opts.model)
+        _, meta, model_id = load_checkpoint(opts.model)
+        if opts.precision == "int8" and not meta.quantization:
+            raise CheckpointError(f"checkpoint {model_id} has no int8 calibration; add one with training/quantize.py, "
+                                  "or use --precision fp32 or bf16")
         det = make_detector(opts)
         OutputStore(out, {}).check_writable()
     except (InputError, CheckpointError, DetectorError, OutputError, ValueError) as e:
