@@ -101,3 +101,15 @@ def test_failure_paths(tiny_checkpoint: Path, calibrated: Path, fer_data_dir, vi
     refused = CliRunner().invoke(app, [str(calibrated), "--data", str(fer_data_dir), "--faces", "64", "--max-drop", "-1"])
     assert refused.exit_code == 1 and "nothing written" in refused.output
     assert (calibrated / "fer_checkpoint.json").read_text() == before
+
+
+def test_evaluation_runs_the_int8_model_under_any_tta(calibrated: Path, public) -> None:
+    from training.evaluate import predict_proba_tta
+
+    clf = load_classifier(calibrated, device="cpu", precision="int8")
+    faces = public.pixels[:32]
+    plain = predict_proba_tta(clf, faces, "none")
+    assert np.array_equal(plain, clf.predict_proba(faces))
+    mirrored = clf.predict_proba(np.ascontiguousarray(faces[:, :, ::-1]))
+    assert np.allclose(predict_proba_tta(clf, faces, "flip"), (plain + mirrored) / 2, atol=1e-5)
+    assert clf.meta.tta == "none"  # the classifier itself is left as it was

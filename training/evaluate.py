@@ -13,6 +13,7 @@ The command (``fer-video evaluate``) lives in :mod:`fer_video.evaluate`; it call
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -68,8 +69,9 @@ def predict_proba_tta(classifier: Classifier, faces: np.ndarray, tta: str, batch
     if tta not in ("none", "flip", "tencrop"):
         raise EvaluationError(f"tta must be one of none, flip, tencrop; got {tta!r}")
     mode = "flip" if tta == "tencrop" else tta
-    clf = Classifier(classifier.model, dataclasses.replace(classifier.meta, tta=mode), classifier.model_id,
-                     device=str(classifier.device), precision=classifier.precision)
+    # The same loaded (fused or quantized) network, told to use another test-time augmentation.
+    clf = copy.copy(classifier)
+    clf.meta = dataclasses.replace(classifier.meta, tta=mode)
     if tta != "tencrop":
         return clf.predict_proba(faces, batch_size=batch_size)
     total = np.zeros((len(faces), len(clf.classes)), dtype=np.float64)
