@@ -245,12 +245,9 @@ class Classifier:
         self.precision = resolve_precision(precision, self.device)
         self.preset = EvalPreset(meta.preprocessing)
         if self.precision == "int8":
-            from fer_core.quantize import SCHEME, quantized_model
+            from fer_core.quantize import quantized_model, require_calibration
 
-            record = meta.quantization
-            if record.get("scheme") != SCHEME:
-                raise CheckpointError(f"checkpoint {model_id} has no int8 calibration ({SCHEME}); add one with "
-                                      "training/quantize.py, or use --precision fp32 or bf16")
+            record = require_calibration(meta, model_id)
             size = meta.preprocessing.input_size
             example = torch.zeros(1, meta.preprocessing.channels, size, size)
             try:

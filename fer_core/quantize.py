@@ -17,6 +17,17 @@ import torch
 SCHEME = "x86-fx-minmax/1"
 
 
+def require_calibration(meta: Any, model_id: str) -> dict[str, Any]:
+    """The checkpoint's int8 record, or a CheckpointError that says how to add one."""
+    from fer_core.checkpoint import CheckpointError
+
+    record = meta.quantization
+    if record.get("scheme") != SCHEME:
+        raise CheckpointError(f"checkpoint {model_id} has no int8 calibration; add one with training/quantize.py, "
+                              "or use --precision fp32 or bf16")
+    return record
+
+
 def _qconfig_mapping() -> Any:
     from torch.ao.quantization import QConfig, QConfigMapping
     from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver

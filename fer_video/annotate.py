@@ -74,9 +74,10 @@ def main(
     try:
         videos = list_inputs(inputs)
         _, meta, model_id = load_checkpoint(opts.model)
-        if opts.precision == "int8" and not meta.quantization:
-            raise CheckpointError(f"checkpoint {model_id} has no int8 calibration; add one with training/quantize.py, "
-                                  "or use --precision fp32 or bf16")
+        if opts.precision == "int8":
+            from fer_core.quantize import require_calibration
+
+            require_calibration(meta, model_id)  # the driver refuses before any work, not each actor later
         det = make_detector(opts)
         OutputStore(out, {}).check_writable()
     except (InputError, CheckpointError, DetectorError, OutputError, ValueError) as e:

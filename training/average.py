@@ -86,9 +86,11 @@ def average_checkpoints(
     progress(f"re-estimating BatchNorm statistics on {len(faces)} Training faces")
     recompute_batchnorm(model, faces, spec, device=device)
 
+    val = fer.split("PublicTest") if public else None
+    val_faces = as_served(val.pixels, spec) if val is not None else None
+
     def accuracy(net: torch.nn.Module) -> tuple[float, float]:
-        val = fer.split("PublicTest")
-        return accuracy_plain_and_flip(net, as_served(val.pixels, spec), val.labels, spec, device=device)
+        return accuracy_plain_and_flip(net, val_faces, val.labels, spec, device=device)
 
     inputs = []
     if public:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fer_core.checkpoint import CheckpointError, Classifier, load_checkpoint, load_classifier  # noqa: E402
 from fer_core.config import PRECISIONS  # noqa: E402
 from fer_video.evaluate import app, main  # noqa: E402, F401  (the command; this file runs it as a script)
+from training.align import as_served  # noqa: E402
 from training.data import SPLITS, DataError, FerData, ferplus_majority, load_fer, load_ferplus_votes  # noqa: E402
 from training.metrics import classification_report  # noqa: E402
 
@@ -293,8 +294,6 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Every figure of one split; its confusion, confidence and reliability PNGs go to ``out`` when ``figures``."""
     start = time.perf_counter()
-    from training.align import as_served
-
     probs = predict_proba_tta(classifier, as_served(data.pixels, classifier.meta.preprocessing), tta)
     seconds = time.perf_counter() - start
     report = classification_report(probs, data.labels, classifier.classes, n_bins=ECE_BINS)

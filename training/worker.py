@@ -80,9 +80,8 @@ def train_worker(config: dict[str, Any]) -> None:
     if cfg.align:
         from training.align import as_served
 
-        spec_aligned = preprocessing_of(cfg)
-        train = FerData(as_served(train.pixels, spec_aligned), train.labels, train.usage, train.row)
-        val = FerData(as_served(val.pixels, spec_aligned), val.labels, val.usage, val.row)
+        train = FerData(as_served(train.pixels, preprocessing_of(cfg)), train.labels, train.usage, train.row)
+        val = FerData(as_served(val.pixels, preprocessing_of(cfg)), val.labels, val.usage, val.row)
     images, targets = prepare_images(train.pixels, cfg), make_targets(train, cfg)
     teacher = None
     if cfg.distill_targets:
