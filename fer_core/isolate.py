@@ -17,6 +17,7 @@ it rebuilt its OpenCV network for each one (4-5 ms of CPU, as much as detecting 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import pickle
 import threading
@@ -82,6 +83,29 @@ def _serve(conn: Any) -> None:
             conn.send((_DONE, None, None))
         except BaseException as e:  # report everything, including KeyboardInterrupt, to the parent
             conn.send((_ERROR, type(e).__name__, str(e) or traceback.format_exc(limit=1).strip()))
+        finally:
+            args = kwargs = item = None  # nothing of this call stays referenced while the child waits
+            _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc only; elsewhere nothing).
+
+    A call's frames (megabytes each) are freed when it ends, but glibc keeps freed heap memory, so without this a
+    child's resident size wandered by about 40 MB from one call to the next (164-206 MB over a 60-minute video).
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - absent outside glibc
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 _CONTEXT: Any = None

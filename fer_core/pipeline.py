@@ -152,6 +152,7 @@ class ClassifyCrops:
         for name, data in checkpoint_files.items():
             (folder / name).write_bytes(data)
         self.classifier = load_classifier(folder, device="cuda" if device == "gpu" else "cpu", precision=precision)
+        self.classifier.warm_up(batch_size)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

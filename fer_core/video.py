@@ -5,13 +5,17 @@ BGR, so convert before handing a frame to ``cv2``), C-contiguous, already rotate
 
 Two decoders are supported:
 
-* ``decord`` (the default for ``decoder="auto"``): builds a frame index when it opens a file (reading
-  every packet), so a segment starts with one accurate seek. It cannot open truncated MP4s or AV1 streams.
-  Readers are single-threaded, opened inside the call and read strictly forward (never ``get_batch``).
-* ``pyav`` (``av`` on PyPI): the maintained fallback, used by ``"auto"`` whenever decord is missing or cannot
-  open (or cannot decode the first frame of) a file. It has no frame index: a segment starting after
-  3 s counts the frames before it by demuxing packets without decoding them, then seeks to a keyframe; when
-  that cannot be trusted (packets without timestamps, a seek that lands late) it decodes from the start.
+* ``pyav`` (``av`` on PyPI; the default for ``decoder="auto"``): decodes in step with its caller, so a decode
+  process holds a frame or two whatever the video's length or the caller's speed. It reads only the header when it
+  opens a file; a segment starting after 3 s counts the frames before it by demuxing packets without decoding
+  them, then seeks to a keyframe; when that cannot be trusted (packets without timestamps, a seek that lands late)
+  it decodes from the start.
+* ``decord``: used by ``"auto"`` where PyAV cannot open (or cannot decode the first frame of) a file. It builds a
+  frame index when it opens a file (reading every packet), so a segment starts with one accurate seek, and it
+  cannot open truncated MP4s or AV1 streams. Readers are single-threaded, opened inside the call and read strictly
+  forward (never ``get_batch``). Its reader decodes in a thread of its own that runs ahead of a slow caller: in
+  the job at ``--fps 0`` a decode process held 1,088 MB for a 1-minute 480p clip (PyAV: 147 MB), which is why it
+  is no longer the default.
 
 Sampling and segments are pure functions of the container timestamps (see `iter_frames`), so segments that
 tile a video yield exactly the frames of the whole video, with either decoder.
@@ -559,6 +563,8 @@ def _probe_pyav(path: str) -> VideoInfo:
         if rotation in (90, 270):
             width, height = height, width
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if rate and not _decode_times_advance(container, stream):
+            rate = math.nan  # every frame at one instant: FFmpeg's rate is a guess, the timestamps can't be used
         if stream.duration is not None and stream.time_base is not None:
             duration_s = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -572,15 +578,27 @@ def _probe_pyav(path: str) -> VideoInfo:
         )
 
 
+def _decode_times_advance(container: Any, stream: Any, packets: int = 16) -> bool:
+    """Whether the first packets' decode timestamps move forward (False when a broken time-to-sample table puts
+    every frame at one instant). Reads from the container's current position; call it last."""
+    dts = []
+    for packet in container.demux(stream):
+        if packet.dts is not None and packet.size:
+            dts.append(packet.dts)
+        if len(dts) >= packets:
+            break
+    return len(dts) < 2 or max(dts) > min(dts)
+
+
 def probe(path: str, decoder: str = "auto") -> VideoInfo:
     """Reads a video's metadata cheaply (and decodes its first frame to check it is readable).
 
-    decord reads the whole container index when it opens a file; ``decoder="pyav"`` reads only the header
-    and is cheaper for long files. Images are read with OpenCV whatever `decoder` says.
+    PyAV reads only the header (and the first packets' timestamps); decord reads the whole container index when
+    it opens a file. Images are read with OpenCV whatever `decoder` says.
 
     Args:
         path: Local video or image file.
-        decoder: ``"auto"`` (decord, falling back to PyAV when decord is missing or cannot open the file),
+        decoder: ``"auto"`` (PyAV, falling back to decord when PyAV cannot open or decode the file),
             ``"decord"`` or ``"pyav"``.
 
     Raises:
@@ -599,9 +617,12 @@ def probe(path: str, decoder: str = "auto") -> VideoInfo:
         info = _probe_decord(path)
     else:
         try:
-            info = _probe_decord(path)
-        except UnreadableVideo:
             info = _probe_pyav(path)
+        except UnreadableVideo as pyav_error:
+            try:
+                info = _probe_decord(path)
+            except UnreadableVideo:
+                raise pyav_error from None  # PyAV's reason is the one a user can act on (it names codecs, the index)
     _check_frame_rate(info)
     return info
 
@@ -814,8 +835,8 @@ def iter_frames(
     """Streams sampled frames of a video, one at a time, in order.
 
     Frames are read sequentially and never held together. Each `Frame` carries its index in the stream, its
-    container timestamp (seconds since the first frame; decord's ``get_frame_timestamp`` or PyAV's
-    ``pts * time_base``) and an upright RGB ``uint8`` image of shape ``(H, W, 3)``.
+    container timestamp (seconds since the first frame; PyAV's ``pts * time_base`` or decord's
+    ``get_frame_timestamp``) and an upright RGB ``uint8`` image of shape ``(H, W, 3)``.
 
     Sampling is anchored at t = 0: a frame is kept when it is the first one at or after a sampling instant
     ``k / sample_fps``. This works for variable frame rates and never rounds 29.97 fps down to 29. A segment
@@ -828,7 +849,7 @@ def iter_frames(
         sample_fps: Frames per second to keep; 0 keeps every frame.
         start_s: Start of the segment, inclusive, in seconds.
         end_s: End of the segment, exclusive, in seconds; None reads to the end.
-        decoder: ``"auto"`` (decord, falling back to PyAV when decord is missing or cannot open the file),
+        decoder: ``"auto"`` (PyAV, falling back to decord when PyAV cannot open or decode the file),
             ``"decord"`` or ``"pyav"``.
 
     Yields:
@@ -855,26 +876,22 @@ def _iter_frames(path: str, sample_fps: float, lower: float, upper: float, decod
     if _is_image(path):
         yield from _iter_image(path, lower, upper)
         return
+    if decoder == "decord":
+        yield from _iter_decord(path, sample_fps, lower, upper, _open_decord(path, idle_worker=True))
+        return
+    frames = _iter_pyav(path, sample_fps, lower, upper)
     if decoder == "pyav":
-        yield from _iter_pyav(path, sample_fps, lower, upper)
+        yield from frames
         return
-    try:
-        reader = _open_decord(path, idle_worker=True)
-    except UnreadableVideo:
-        if decoder == "decord":
-            raise
-        reader = None
-    if reader is None:
-        yield from _iter_pyav(path, sample_fps, lower, upper)
-        return
-    frames = _iter_decord(path, sample_fps, lower, upper, reader)
     try:
         first = next(frames, None)
-    except DecodeError:
-        if decoder == "decord":
-            raise
-        # decord opened the file but cannot decode it at all: PyAV may still decode it.
-        yield from _iter_pyav(path, sample_fps, lower, upper)
+    except (UnreadableVideo, DecodeError) as pyav_error:
+        # PyAV cannot open the file or decode anything in it: decord (its own FFmpeg build) may still read it.
+        try:
+            reader = _open_decord(path, idle_worker=True)
+        except UnreadableVideo:
+            raise pyav_error from None
+        yield from _iter_decord(path, sample_fps, lower, upper, reader)
         return
     if first is not None:
         yield first

@@ -33,7 +33,7 @@ def main(
     detect_every: int = typer.Option(0, help="Full-frame face detection on every k-th sampled frame at least, a window around each tracked face in between; 1 = every sampled frame, 0 = auto (every 0.25 s of video)."),
     min_face_px: int = typer.Option(20, help="Ignore faces smaller than this many pixels."),
     score_threshold: float = typer.Option(0.8, help="Minimum face detector score (YuNet)."),
-    decoder: str = typer.Option("auto", help="Video decoder: auto (decord, PyAV fallback), decord or pyav."),
+    decoder: str = typer.Option("auto", help="Video decoder: auto (PyAV, decord fallback), decord or pyav."),
     segment_s: float = typer.Option(120.0, help="Split videos into segments of this many seconds processed in parallel; 0 = never."),
     segment_timeout_s: float = typer.Option(600.0, help="Fail a segment (and its video) that takes longer than this."),
     model: Optional[str] = typer.Option(None, help="Classifier checkpoint folder (default: the model shipped with the package)."),

@@ -17,6 +17,7 @@ from fer_core.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     CheckpointMeta,
+    forward_chunks,
     load_checkpoint,
     load_classifier,
     save_checkpoint,
@@ -85,6 +86,35 @@ def test_predict_proba_rows_sum_to_one_for_any_crop_form(saved: tuple[Path, torc
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         assert (probs >= 0).all()
     assert clf.predict_proba(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 256])
+def test_forward_chunks_tile_the_faces_with_few_shapes(batch_size: int) -> None:
+    shapes = set()
+    for n in range(0, 3 * batch_size + 2):
+        chunks = forward_chunks(n, batch_size)
+        if n == 0:
+            assert chunks == []
+            continue
+        assert chunks[0][0] == 0 and chunks[-1][1] == n
+        assert all(start == previous_stop for (start, _), (_, previous_stop) in zip(chunks[1:], chunks))
+        sizes = [b - a for a, b in chunks]
+        assert all(0 < s <= batch_size for s in sizes)
+        shapes.update(sizes)
+    # batch_size itself and powers of two below it: at most 1 + log2(batch_size) + 1 shapes, whatever n is
+    assert shapes <= {batch_size} | {1 << k for k in range(batch_size.bit_length())}
+    with pytest.raises(ValueError, match="batch_size"):
+        forward_chunks(5, 0)
+
+
+def test_predictions_do_not_depend_on_how_faces_are_batched(saved: tuple[Path, torch.nn.Module]) -> None:
+    clf = load_classifier(saved[0], device="cpu", precision="fp32")
+    faces = _faces(100)
+    whole = clf.predict_proba(faces, batch_size=256)  # passes of 64, 32 and 4
+    clf.warm_up(256)
+    np.testing.assert_allclose(clf.predict_proba(faces, batch_size=256), whole, atol=0)
+    one_by_one = np.concatenate([clf.predict_proba(faces[i : i + 1]) for i in range(len(faces))])
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-5)
 
 
 def test_flip_tta_averages_the_mirror(saved: tuple[Path, torch.nn.Module]) -> None:

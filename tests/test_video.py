@@ -101,8 +101,30 @@ def test_probe_reads_fractional_fps(videos_dir: Path, decoder: str) -> None:
     assert info.decoder == decoder
 
 
-def test_probe_auto_prefers_decord(videos_dir: Path) -> None:
-    assert probe(str(videos_dir / CLIP_2997)).decoder == "decord"
+def test_auto_prefers_pyav(videos_dir: Path) -> None:
+    """PyAV decodes in step with its caller; decord's reader ran ahead and held up to 1 GB of frames (README)."""
+    path = str(videos_dir / CLIP_2997)
+    assert probe(path).decoder == "pyav"
+    assert _summary(iter_frames(path, sample_fps=5)) == _summary(iter_frames(path, sample_fps=5, decoder="pyav"))
+
+
+def test_auto_falls_back_to_decord(videos_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file PyAV cannot open (a fault injected into its open) is read by decord, in probe and in decode; when
+    decord cannot read it either, PyAV's reason is the one raised."""
+    path = str(videos_dir / CLIP_2997)
+
+    def refuse(p: str) -> None:
+        raise UnreadableVideo(f"{p!r} refused by PyAV")
+
+    monkeypatch.setattr(video, "_open_pyav", refuse)
+    assert probe(path).decoder == "decord"
+    frames = list(iter_frames(path, sample_fps=5))
+    assert _summary(frames) == _summary(iter_frames(path, sample_fps=5, decoder="decord"))
+    monkeypatch.setattr(video, "_open_decord", lambda p, **_: refuse(p))
+    with pytest.raises(UnreadableVideo, match="refused by PyAV"):
+        probe(path)
+    with pytest.raises(UnreadableVideo, match="refused by PyAV"):
+        next(iter_frames(path))
 
 
 @pytest.mark.parametrize("decoder", ["decord", "pyav"])
