@@ -62,16 +62,19 @@ def main(
     model: str = typer.Option(None, help="Classifier checkpoint (default: the shipped model)."),
     fps: float = typer.Option(5.0, help="Sampling rate."),
     detector_model: str = typer.Option(None, help="YuNet ONNX (default: resolved as the job does)."),
-    precision: str = typer.Option(None, help="Comma-separated fp32, bf16 (default: fp32, and bf16 where the CPU has it)."),
+    precision: str = typer.Option(None, help="Comma-separated fp32, bf16, int8 (default: fp32, bf16 where the CPU has it, and int8 where the model carries its calibration)."),
     json_out: Path = typer.Option(None, help="Also write the records as JSON here."),
 ) -> None:
-    from fer_core.checkpoint import cpu_has_native_bf16
+    from fer_core.checkpoint import cpu_has_native_bf16, load_checkpoint
+    from fer_core.quantize import SCHEME
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    precisions = precision.split(",") if precision else ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
-    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    calibrated = load_checkpoint(model)[1].quantization.get("scheme") == SCHEME
+    precisions = precision.split(",") if precision else (
+        ["fp32"] + (["bf16"] if cpu_has_native_bf16() else []) + (["int8"] if calibrated else []))
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "int8")]
     if bad:
-        print(f"error: --precision takes fp32 and bf16, got {', '.join(bad)}", file=sys.stderr)
+        print(f"error: --precision takes fp32, bf16 and int8, got {', '.join(bad)}", file=sys.stderr)
         raise typer.Exit(1)
     results = {}
     for prec in precisions:

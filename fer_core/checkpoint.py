@@ -201,21 +201,27 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs and on CPUs with native bf16, else fp32.
+def resolve_precision(precision: str, device: torch.device, calibrated: bool = False) -> str:
+    """``auto`` -> on GPUs bf16; on CPUs int8 where the checkpoint carries an int8 calibration (``calibrated``) and
+    PyTorch has its x86 kernels, else bf16 where the CPU has native bf16, else fp32.
+
+    int8 is the fastest on both kinds of x86 CPU measured, at batch 64 on one thread: 5,729 faces/s against 2,664 in
+    bf16 and 596 in fp32 on an AVX512-BF16 core, 532 against 338 in fp32 (and 35 in emulated bf16) on an AVX2-only
+    core, and a calibration is only written when it costs at most 0.3 PublicTest points (``training/quantize.py``).
 
     A fixed rule, not a timing: every actor of a run (and every run resumed later) must compute the same way, or the
-    same face gets probabilities that differ in the fifth digit from one run to the next. A CPU that reports native
-    bf16 is not always faster in it: one VM with AVX512-BF16 ran the shipped model at 284 faces/s in bf16 and 401
-    in fp32 (one core, ``benchmarks/annotate_throughput.py``), where another ran bf16 at 2.1x; pass
-    ``--precision fp32`` there."""
+    same face gets probabilities that differ in the fifth digit from one run to the next."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and device.type != "cpu":
         raise ValueError("precision int8 runs on the CPU only; use bf16 or fp32 on a GPU")
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and calibrated and {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines):
+        return "int8"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -267,7 +273,9 @@ class Classifier:
         self.device = torch.device(device)
         # bf16 autocast: on GPUs, and on CPUs with native bf16 (measured: 2.1x the float32 faces/s on an AVX512-BF16
         # core, probabilities within 0.002; benchmarks/annotate_throughput.py, training/evaluate.py --precision).
-        self.precision = resolve_precision(precision, self.device)
+        from fer_core.quantize import SCHEME
+
+        self.precision = resolve_precision(precision, self.device, meta.quantization.get("scheme") == SCHEME)
         self.preset = EvalPreset(meta.preprocessing)
         if self.precision == "int8":
             from fer_core.quantize import quantized_model, require_calibration

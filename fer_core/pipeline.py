@@ -58,6 +58,10 @@ up to this many sampled frames, so a thousand images don't cost a thousand tasks
 PACK_MAX_INPUTS = 64
 """Most inputs one decode task packs."""
 
+MIN_BLOCK_ROWS = 64
+"""Rows a decode task gathers before it hands them on: the small outputs of packed inputs (two rows for a still
+image) travel together, since every output block costs Ray Data scheduling and an object-store round trip."""
+
 # Failures that mean a worker process, a node or an object went away, not that the work is wrong: another run of
 # the pipeline over the unfinished videos can succeed. The driver's own raylet dying (LocalRayletDiedError) can't.
 _LOST_WORKER_ERRORS = (
@@ -122,18 +126,35 @@ def _segment_batches(
     """Ray Data UDF: segment rows in (one, or a pack of short inputs), their row batches out, one segment after
     the other; any failure of a segment becomes its one ``error`` row."""
     crop_shape = (spec.input_size, spec.input_size) + ((3,) if spec.channels == 3 else ())
+    pending: list[dict[str, np.ndarray]] = []
     for i in range(len(batch["video_id"])):
         task = SegmentTask.from_row({k: v[i] for k, v in batch.items()})
         if task.error:
-            yield error_batch(task, task.error, crop_shape)
-            continue
-        started = time.perf_counter()
-        try:
-            detector = _ensure_model_file(detector, model_bytes)
-            yield from run_isolated(process_segment, task, opts, detector, spec, timeout_s=opts.segment_timeout_s)
-        except Exception as e:  # the video fails, the job goes on
-            where = f" (segment {task.segment_index + 1}/{task.n_segments} from {task.start_s:g} s)" if task.n_segments > 1 else ""
-            yield error_batch(task, one_line(e) + where, crop_shape, time.perf_counter() - started)
+            pending.append(error_batch(task, task.error, crop_shape))
+        else:
+            started = time.perf_counter()
+            try:
+                detector = _ensure_model_file(detector, model_bytes)
+                for part in run_isolated(process_segment, task, opts, detector, spec, timeout_s=opts.segment_timeout_s):
+                    pending.append(part)
+                    if sum(len(p["kind"]) for p in pending) >= MIN_BLOCK_ROWS:
+                        yield _concat(pending)
+                        pending = []
+            except Exception as e:  # the video fails, the job goes on
+                where = f" (segment {task.segment_index + 1}/{task.n_segments} from {task.start_s:g} s)" if task.n_segments > 1 else ""
+                pending.append(error_batch(task, one_line(e) + where, crop_shape, time.perf_counter() - started))
+        if sum(len(p["kind"]) for p in pending) >= MIN_BLOCK_ROWS:
+            yield _concat(pending)
+            pending = []
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One batch from several of the same columns."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 class ClassifyCrops:

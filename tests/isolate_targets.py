@@ -28,3 +28,13 @@ def crash():
 
 def pid():
     yield os.getpid()
+
+
+_HELD: list[bytes] = []
+
+
+def hold_memory(mb: int):
+    """Keep ``mb`` more megabytes referenced in the child (a leak that outlives the call); yields the child's pid."""
+    if mb:
+        _HELD.append(b"\x01" * (mb << 20))
+    yield os.getpid()

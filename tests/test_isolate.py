@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fer_core import isolate  # noqa: E402
 from fer_core.isolate import IsolatedCrash, IsolatedError, IsolatedTimeout, child_pid, run_isolated  # noqa: E402
-from isolate_targets import count, crash, hang, pid, raise_after  # noqa: E402
+from isolate_targets import count, crash, hang, hold_memory, pid, raise_after  # noqa: E402
 
 
 def test_streams_items_in_order():
@@ -72,6 +72,18 @@ def test_the_child_exits_when_its_parent_closes_the_pipe():
     child.proc.join(10)
     assert child.proc.exitcode == 0
     isolate._LOCAL.child = None
+
+
+def test_a_child_holding_too_much_memory_after_a_call_is_replaced(monkeypatch):
+    isolate._discard_child()
+    first = [list(run_isolated(pid, timeout_s=60))[0] for _ in range(3)]
+    assert first[0] == first[1] == first[2]  # a child under the limit serves call after call
+    held = list(run_isolated(hold_memory, 300, timeout_s=60))[0]
+    assert held == first[0]
+    monkeypatch.setattr(isolate, "MAX_CHILD_RSS_MB", 200)  # the child now holds about 300 MB more than it did
+    list(run_isolated(hold_memory, 0, timeout_s=60))
+    assert child_pid() is None  # replaced at the end of that call
+    assert list(run_isolated(pid, timeout_s=60))[0] != first[0]
 
 
 def test_a_child_is_replaced_after_its_quota_of_calls(monkeypatch):

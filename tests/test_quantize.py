@@ -66,6 +66,17 @@ def test_int8_answers_like_fp32_and_does_not_depend_on_the_batch(calibrated: Pat
     assert np.array_equal(one_by_one, int8[:50])
 
 
+def test_auto_serves_int8_on_the_cpu_where_the_checkpoint_is_calibrated(calibrated: Path, tiny_checkpoint: Path) -> None:
+    from fer_core.checkpoint import cpu_has_native_bf16, resolve_precision
+
+    x86 = bool({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines))
+    assert load_classifier(calibrated, device="cpu").precision == ("int8" if x86 else "bf16" if cpu_has_native_bf16() else "fp32")
+    # without a calibration, the bf16-or-fp32 rule; on a GPU, bf16 whatever the checkpoint carries
+    assert load_classifier(tiny_checkpoint, device="cpu").precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("auto", torch.device("cuda"), calibrated=True) == "bf16"
+    assert load_classifier(calibrated, device="cpu", precision="fp32").precision == "fp32"
+
+
 def test_ranges_from_another_architecture_are_refused(tiny_checkpoint: Path, calibrated: Path) -> None:
     tiny, meta, _ = load_checkpoint(tiny_checkpoint)
     ranges = load_checkpoint(calibrated)[1].quantization["activation_ranges"]
