@@ -11,9 +11,9 @@ Two decoders are supported:
   them, then seeks to a keyframe; when that cannot be trusted (packets without timestamps, a seek that lands late)
   it decodes from the start.
 * ``decord``: used by ``"auto"`` where PyAV cannot open (or cannot decode the first frame of) a file. It builds a
-  frame index when it opens a file (reading every packet), so a segment starts with one accurate seek, and it
-  cannot open truncated MP4s or AV1 streams. Readers are single-threaded, opened inside the call and read strictly
-  forward (never ``get_batch``). Its reader decodes in a thread of its own that runs ahead of a slow caller: in
+  frame index when it opens a file (reading every packet), and it cannot open truncated MP4s or AV1 streams.
+  Readers are single-threaded, opened inside the call and read frame after frame from the start: its seeks and
+  skips returned wrong frames for one of the shared clips. Its reader decodes in a thread of its own that runs ahead of a slow caller: in
   the job at ``--fps 0`` a decode process held 1,088 MB for a 1-minute 480p clip (PyAV: 147 MB), which is why it
   is no longer the default.
 
@@ -695,12 +695,13 @@ def _iter_decord(path: str, sample_fps: float, lower: float, upper: float, reade
     position = 0  # index of the frame reader.next() returns
     for index in selected.tolist():
         try:
-            if position == 0 and index > 0:
-                reader.seek_accurate(index)
-            elif index > position:
-                # skip_frames decodes without converting to RGB: cheaper than reading and discarding.
-                reader.skip_frames(index - position)
-            image = reader.next().asnumpy()
+            # Strictly frame after frame: decord's seek_accurate, skip_frames and get_batch returned the wrong
+            # frames for one shared clip (simplefr_Video_2.mp4: 141 of 329 frames one in six, 9 of 20 seeks), where
+            # next() returned every frame right.
+            while position < index:
+                reader.next()
+                position += 1
+            image = reader.next()
         except StopIteration as exc:
             raise TruncatedVideo(
                 f"{path!r} ended at or before frame {index} of the {frame_count} its index declares "
@@ -713,7 +714,7 @@ def _iter_decord(path: str, sample_fps: float, lower: float, upper: float, reade
                 f"{path!r}: decoder error at frame {index}{skipped}: {_decord_reason(exc)}", frame_index=index
             ) from exc
         position = index + 1
-        yield Frame(index, round(float(timestamps[index]), 6), np.ascontiguousarray(image))
+        yield Frame(index, round(float(timestamps[index]), 6), np.ascontiguousarray(image.asnumpy()))
 
 
 class _SeekMissed(Exception):
