@@ -13,9 +13,9 @@ Two decoders are supported:
 * ``decord``: used by ``"auto"`` where PyAV cannot open (or cannot decode the first frame of) a file. It builds a
   frame index when it opens a file (reading every packet), and it cannot open truncated MP4s or AV1 streams.
   Readers are single-threaded, opened inside the call and read frame after frame from the start: its seeks and
-  skips returned wrong frames for one of the shared clips. Its reader decodes in a thread of its own that runs ahead of a slow caller: in
-  the job at ``--fps 0`` a decode process held 1,088 MB for a 1-minute 480p clip (PyAV: 147 MB), which is why it
-  is no longer the default.
+  skips returned wrong frames for one of the shared clips. Its reader decodes in a thread of its own that runs
+  ahead of a slow caller: in the job at ``--fps 0`` a decode process held 1,088 MB for a 1-minute 480p clip (PyAV:
+  147 MB). Both are why it is no longer the default.
 
 Sampling and segments are pure functions of the container timestamps (see `iter_frames`), so segments that
 tile a video yield exactly the frames of the whole video, with either decoder.
