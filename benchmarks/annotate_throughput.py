@@ -199,9 +199,10 @@ def main(
                   + ", ".join(f"{Path(p).name} {n}" for p, n in worst))
 
     crops = np.random.default_rng(0).integers(0, 256, (1024, 48, 48), dtype=np.uint8)
-    from fer_core.checkpoint import cpu_has_native_bf16
+    from fer_core.checkpoint import cpu_has_native_bf16, load_checkpoint, resolve_precision
+    from fer_core.quantize import has_calibration
 
-    auto = load_classifier(model, device="cpu").precision
+    auto = resolve_precision("auto", torch.device("cpu"), has_calibration(load_checkpoint(model)[1]))
     for precision in dict.fromkeys(["fp32", *(["bf16"] if cpu_has_native_bf16() else []), auto]):
         clf = load_classifier(model, device="cpu", precision=precision)
         for threads in sorted({1, workers}):

@@ -66,10 +66,10 @@ def main(
     json_out: Path = typer.Option(None, help="Also write the records as JSON here."),
 ) -> None:
     from fer_core.checkpoint import cpu_has_native_bf16, load_checkpoint
-    from fer_core.quantize import SCHEME
+    from fer_core.quantize import has_calibration
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    calibrated = load_checkpoint(model)[1].quantization.get("scheme") == SCHEME
+    calibrated = has_calibration(load_checkpoint(model)[1])
     precisions = precision.split(",") if precision else (
         ["fp32"] + (["bf16"] if cpu_has_native_bf16() else []) + (["int8"] if calibrated else []))
     bad = [p for p in precisions if p not in ("fp32", "bf16", "int8")]

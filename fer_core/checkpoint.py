@@ -273,9 +273,9 @@ class Classifier:
         self.device = torch.device(device)
         # bf16 autocast: on GPUs, and on CPUs with native bf16 (measured: 2.1x the float32 faces/s on an AVX512-BF16
         # core, probabilities within 0.002; benchmarks/annotate_throughput.py, training/evaluate.py --precision).
-        from fer_core.quantize import SCHEME
+        from fer_core.quantize import has_calibration
 
-        self.precision = resolve_precision(precision, self.device, meta.quantization.get("scheme") == SCHEME)
+        self.precision = resolve_precision(precision, self.device, has_calibration(meta))
         self.preset = EvalPreset(meta.preprocessing)
         if self.precision == "int8":
             from fer_core.quantize import quantized_model, require_calibration

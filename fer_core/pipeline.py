@@ -126,28 +126,36 @@ def _segment_batches(
     """Ray Data UDF: segment rows in (one, or a pack of short inputs), their row batches out, one segment after
     the other; any failure of a segment becomes its one ``error`` row."""
     crop_shape = (spec.input_size, spec.input_size) + ((3,) if spec.channels == 3 else ())
+    parts = _segment_parts(batch, opts, detector, model_bytes, spec, crop_shape)
     pending: list[dict[str, np.ndarray]] = []
+    rows = 0
+    for part in parts:
+        pending.append(part)
+        rows += len(part["kind"])
+        if rows >= MIN_BLOCK_ROWS:
+            yield _concat(pending)
+            pending, rows = [], 0
+    if pending:
+        yield _concat(pending)
+
+
+def _segment_parts(
+    batch: dict[str, np.ndarray], opts: AnnotateOptions, detector: Any, model_bytes: bytes | None,
+    spec: Preprocessing, crop_shape: tuple[int, ...],
+) -> Iterator[dict[str, np.ndarray]]:
+    """Each segment's row batches, one segment after the other, or its one ``error`` row."""
     for i in range(len(batch["video_id"])):
         task = SegmentTask.from_row({k: v[i] for k, v in batch.items()})
         if task.error:
-            pending.append(error_batch(task, task.error, crop_shape))
-        else:
-            started = time.perf_counter()
-            try:
-                detector = _ensure_model_file(detector, model_bytes)
-                for part in run_isolated(process_segment, task, opts, detector, spec, timeout_s=opts.segment_timeout_s):
-                    pending.append(part)
-                    if sum(len(p["kind"]) for p in pending) >= MIN_BLOCK_ROWS:
-                        yield _concat(pending)
-                        pending = []
-            except Exception as e:  # the video fails, the job goes on
-                where = f" (segment {task.segment_index + 1}/{task.n_segments} from {task.start_s:g} s)" if task.n_segments > 1 else ""
-                pending.append(error_batch(task, one_line(e) + where, crop_shape, time.perf_counter() - started))
-        if sum(len(p["kind"]) for p in pending) >= MIN_BLOCK_ROWS:
-            yield _concat(pending)
-            pending = []
-    if pending:
-        yield _concat(pending)
+            yield error_batch(task, task.error, crop_shape)
+            continue
+        started = time.perf_counter()
+        try:
+            detector = _ensure_model_file(detector, model_bytes)
+            yield from run_isolated(process_segment, task, opts, detector, spec, timeout_s=opts.segment_timeout_s)
+        except Exception as e:  # the video fails, the job goes on
+            where = f" (segment {task.segment_index + 1}/{task.n_segments} from {task.start_s:g} s)" if task.n_segments > 1 else ""
+            yield error_batch(task, one_line(e) + where, crop_shape, time.perf_counter() - started)
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -17,12 +17,17 @@ import torch
 SCHEME = "x86-fx-minmax/1"
 
 
+def has_calibration(meta: Any) -> bool:
+    """Whether a checkpoint's metadata carries an int8 calibration of this scheme."""
+    return meta.quantization.get("scheme") == SCHEME
+
+
 def require_calibration(meta: Any, model_id: str) -> dict[str, Any]:
     """The checkpoint's int8 record, or a CheckpointError that says how to add one."""
     from fer_core.checkpoint import CheckpointError
 
     record = meta.quantization
-    if record.get("scheme") != SCHEME:
+    if not has_calibration(meta):
         raise CheckpointError(f"checkpoint {model_id} has no int8 calibration; add one with training/quantize.py, "
                               "or use --precision fp32 or bf16")
     return record
