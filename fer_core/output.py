@@ -263,7 +263,7 @@ class OutputStore:
             name = posixpath.basename(str(result.video_row["video_path"]))
             raise OutputError(
                 f"--out {self.root!r} failed while committing {name!r}; the videos committed before are intact: fix "
-                f"the output location and run the same command again to resume ({' '.join(str(e).split())[:200]})"
+                f"the output location and run the same command again to resume ({_reason_first(e)[:300]})"
             ) from e
 
     def _write(self, table: pa.Table, path: str) -> None:
@@ -282,6 +282,14 @@ class OutputStore:
         else:
             # Object stores make an object visible only once its upload completes.
             pq.write_table(table, path, filesystem=self.fs)
+
+
+def _reason_first(e: BaseException) -> str:
+    """An I/O error on one line with its reason before the (often long) path: Arrow puts the operating system's
+    reason last, after "Detail:", where a cut-off message would lose it."""
+    text = " ".join(str(e).split())
+    head, sep, detail = text.partition(" Detail: ")
+    return f"{detail}: {head}" if sep else text
 
 
 TEST_KILL_AFTER_FACES_ENV = "FER_TEST_KILL_AFTER_FACES"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -66,31 +67,40 @@ def main(
     except OptionError as e:
         raise fail(str(e))
 
-    from fer_core.checkpoint import CheckpointError, load_checkpoint
     from fer_core.detect import DetectorError
     from fer_core.output import OutputError, OutputStore
     from fer_core.video import InputError, list_inputs
 
-    try:
-        videos = list_inputs(inputs)
-        _, meta, model_id = load_checkpoint(opts.model)
-        if opts.precision == "int8":
-            from fer_core.quantize import require_calibration
+    # The checkpoint is checked in a thread while the inputs are listed and Ray starts: the check imports torch
+    # (1.3-2 s on 2 cores), and Ray's start-up is mostly waiting for its processes. No video is touched before it
+    # has passed.
+    with ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(_check_model, opts)
+        try:
+            videos = list_inputs(inputs)
+            det = make_detector(opts)
+            OutputStore(out, {}).check_writable()
+        except (InputError, DetectorError, OutputError, ValueError) as e:
+            raise fail(str(e))
+        model_bytes = Path(det.model_path).read_bytes() if hasattr(det, "model_path") else None
 
-            require_calibration(meta, model_id)  # the driver refuses before any work, not each actor later
-        det = make_detector(opts)
-        OutputStore(out, {}).check_writable()
-    except (InputError, CheckpointError, DetectorError, OutputError, ValueError) as e:
-        raise fail(str(e))
-    model_bytes = Path(det.model_path).read_bytes() if hasattr(det, "model_path") else None
+        from fer_core.pipeline import annotate, init_ray
+        from fer_core.report import Progress, print_summary
 
-    from fer_core.pipeline import annotate, init_ray
-    from fer_core.report import Progress, print_summary
+        try:
+            init_ray(address, verbose=verbose)
+        except KeyboardInterrupt:
+            typer.echo("interrupted before any work", err=True)
+            raise typer.Exit(130)
+        except Exception as e:  # no cluster at --address, or Ray could not start
+            raise fail(f"Ray did not start: {type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        problem = checked.result()
+    if problem:
+        raise fail(problem)
 
     # Ray Data's own progress (with --verbose) would fight a bar for the terminal: then one line per video.
     mode = "off" if quiet else "bar" if sys.stderr.isatty() and not verbose else "lines"
     try:
-        init_ray(address, verbose=verbose)
         with Progress(mode) as progress, _logs_above_bar(mode == "bar"):
             summary = annotate(
                 videos, out, opts, detector=det, model_bytes=model_bytes, overwrite=overwrite,
@@ -103,6 +113,22 @@ def main(
         raise fail(f"the job failed: {type(e).__name__}: {' '.join(str(e).split())[:500]}")
     print_summary(summary, out)
     raise typer.Exit(2 if summary.failed else 0)
+
+
+def _check_model(opts: object) -> str | None:
+    """What is wrong with the classifier checkpoint the options name, or None when it loads (and carries an int8
+    calibration, where int8 is asked for): the driver refuses before any work, not each actor later."""
+    from fer_core.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        _, meta, model_id = load_checkpoint(opts.model)
+        if opts.precision == "int8":
+            from fer_core.quantize import require_calibration
+
+            require_calibration(meta, model_id)
+    except (CheckpointError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _logs_above_bar(bar: bool) -> contextlib.AbstractContextManager:

@@ -10,8 +10,8 @@ doubled.
     b. the classifier actor's process is killed mid-run: the job finishes with exit 0;
     c. the driver is killed with SIGKILL mid-run (and, with the test hook of ``fer_core.output``, between a
        video's two files), then run again: never a half-written video visible, the re-run completes it;
-    d. the output location (a loopback S3 server) goes away mid-run: one error line, exit 1, the committed
-       videos intact, and a run after it is back completes the rest.
+    d. the output location fails mid-run, a loopback S3 server that stops or a local folder that turns read-only:
+       one error line, exit 1, the committed videos intact, and a run after the fix completes the rest.
 """
 
 from __future__ import annotations
@@ -397,6 +397,65 @@ def test_output_location_fails_mid_run(cluster, job_args, clean, s3_server):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"videos skipped {len(videos)}" in r.stdout
     assert_same_tables(_tables("fer-faults/timelines", filesystem=fs), clean)
+
+
+def _make_read_only(folders: list[Path], read_only: bool) -> None:
+    """chmod, and for root (whom chmod does not stop) the immutable attribute as well; undone with False."""
+    for folder in folders:
+        if read_only:
+            folder.chmod(0o555)
+        if os.geteuid() == 0 and shutil.which("chattr"):  # an immutable folder takes no chmod: set it last
+            subprocess.run(["chattr", "+i" if read_only else "-i", str(folder)], capture_output=True)
+        if not read_only:
+            folder.chmod(0o755)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_bytes(b"")
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@pytest.mark.slow
+def test_output_folder_becomes_read_only_mid_run(cluster, job_args, clean, tmp_path):
+    """Case d on a local disk: the output's folders turn read-only after the first commit."""
+    out = tmp_path / "out"
+    folders = [out / "faces", out / "videos"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    _make_read_only([probe], True)
+    if _writable(probe):
+        _make_read_only([probe], False)
+        pytest.skip("this machine cannot make a folder read-only to this user (chmod, and chattr as root)")
+    _make_read_only([probe], False)
+
+    proc = start_job(cluster, job_args, str(out))
+    try:
+        wait_until(lambda: len(committed(out)) >= 1, proc, "the first video was committed", poll=None)
+        _make_read_only(folders, True)
+        code, err = finish(proc)
+    finally:
+        _make_read_only(folders, False)
+    assert code == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "run the same command again to resume" in errors[0], err[-3000:]
+    assert "Permission denied" in errors[0] or "not permitted" in errors[0], errors[0]
+
+    n = check_visible_videos_complete(out)  # every committed video intact
+    assert 1 <= n < len(CLIPS), "the failure came too late to interrupt anything"
+    faces, videos = _tables(out)
+    ref_faces, ref_videos = clean
+    assert_same_tables((faces, videos), (ref_faces[ref_faces.video_id.isin(videos.video_id)].reset_index(drop=True),
+                                         ref_videos[ref_videos.video_id.isin(videos.video_id)].reset_index(drop=True)))
+
+    r = subprocess.run([*JOB, *job_args, "--out", str(out)], env=cluster.env, capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S)  # the folders are writable again
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"videos skipped {n}" in r.stdout
+    assert_same_tables(_tables(out), clean)
 
 
 @pytest.mark.slow
