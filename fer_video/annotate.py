@@ -48,7 +48,7 @@ def main(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete earlier results in --out and start fresh."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; only the summary."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also Ray's own output: start banner, worker logs, Ray Data progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also Ray's own output: start banner, worker logs, Ray Data progress; and the dashboard of a local Ray."),
 ) -> None:
     """Turn videos into per-frame emotion timelines: OUT/faces (one row per face per sampled frame) and OUT/videos."""
     if quiet and verbose:
