@@ -810,14 +810,124 @@ def _decode_pyav(path: str, sample_fps: float, lower: float, upper: float, *, se
             )
 
 
-def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float) -> Iterator[Frame]:
+class _PlanMissed(Exception):
+    """Decoding only the kept frames went wrong (a frame the demuxing pass did not predict); decode every frame
+    instead, from where it left off."""
+
+
+def _pyav_plan(path: str, sample_fps: float, lower: float, upper: float) -> tuple[dict[int, int], list[int]] | None:
+    """Which frames sampling keeps, from one demuxing pass over the packets (no decoding).
+
+    Returns:
+        Each packet's pts mapped to its frame's index in presentation order, and the pts of the kept frames in
+        order; None where the packets cannot say (a packet without a pts, one cut by an edit list, two with the
+        same pts, or fewer than the container declares), and decoding every frame decides instead.
+    """
+    import av
+
+    container, stream = _open_pyav(path)
+    with container:
+        start_pts = stream.start_time or 0
+        pts_seen: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's final flush packet
+                if packet.pts is None or packet.is_discard:
+                    return None
+                decoded_s = None if packet.dts is None else float((packet.dts - start_pts) * stream.time_base)
+                if decoded_s is not None and decoded_s + _TIMESTAMP_TOLERANCE_S >= upper:
+                    break  # packets come in decode order and pts >= dts: none later is shown before `upper`
+                pts_seen.append(packet.pts)
+            else:
+                declared = stream.frames
+                if declared and len(pts_seen) < declared - _MISSING_FRAMES_SLACK:
+                    return None  # a truncated file: the plain decode reports it after the frames it has
+        except av.FFmpegError:
+            return None  # a damaged stream: the plain decode reports it where it happens
+        time_base = stream.time_base
+    ordered = sorted(pts_seen)
+    if len(set(ordered)) != len(ordered):
+        return None
+    timestamps = np.array([float((pts - start_pts) * time_base) for pts in ordered], dtype=np.float64)
+    kept = _select_indices(timestamps, sample_fps, lower, upper)
+    return {pts: index for index, pts in enumerate(ordered)}, [ordered[i] for i in kept.tolist()]
+
+
+def _decode_pyav_kept(path: str, sample_fps: float, lower: float, upper: float) -> Iterator[Frame]:
+    """Decodes only what sampling keeps: libavcodec skips the non-reference frames (``skip_frame = NONREF``) that
+    are not kept (no frame depends on them), decodes the rest, and only the kept frames are converted to RGB.
+    Frames, indices and timestamps are those of a plain decode (`_decode_pyav`).
+
+    Raises:
+        _PlanMissed: where the decoder gives a frame the plan did not predict, or misses one it did, and on a
+            decoder error (the plain decode then reports it at the frame where it happens).
+    """
+    import av
+
+    plan = _pyav_plan(path, sample_fps, lower, upper)
+    if plan is None:
+        raise _PlanMissed
+    index_of, kept = plan
+    if not kept:
+        return
+    wanted = set(kept)
+    container, stream = _open_pyav(path)
+    with container:
+        time_base = stream.time_base
+        start_pts = stream.start_time or 0
+        first_s = float((kept[0] - start_pts) * time_base)
+        if first_s > _PYAV_SEEK_MIN_S:
+            target_s = max(0.0, first_s - _PYAV_SEEK_MARGIN_S)
+            container.seek(start_pts + int(target_s / time_base), stream=stream, backward=True)
+        codec = stream.codec_context
+        position = 0  # of the next kept frame in `kept`
+        started = False
+        try:
+            for packet in container.demux(stream):
+                codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                for frame in stream.decode(packet):
+                    if frame.pts not in index_of or (not started and frame.pts > kept[0]):
+                        raise _PlanMissed  # an unpredicted frame, or a seek that landed after the first kept one
+                    started = True
+                    if frame.pts not in wanted:
+                        continue
+                    if frame.pts != kept[position]:
+                        raise _PlanMissed  # a kept frame did not come out
+                    image = frame.to_ndarray(format="rgb24")
+                    yield Frame(index_of[frame.pts], float((frame.pts - start_pts) * time_base),
+                                _upright(image, _clockwise_rotation(frame)))
+                    position += 1
+                    if position == len(kept):
+                        return
+        except av.FFmpegError as exc:
+            raise _PlanMissed from exc
+    raise _PlanMissed  # the stream ended before every kept frame came out
+
+
+def _iter_pyav(path: str, sample_fps: float, lower: float, upper: float, *, kept_only: bool = True) -> Iterator[Frame]:
+    """PyAV's frames; when sampling (and `kept_only`), only the kept frames and those they depend on are decoded.
+    The same frames either way; ``kept_only=False`` is the old way, kept for the benchmark's baseline."""
+    last = -1  # index of the last frame yielded
+    if sample_fps > 0 and kept_only:
+        try:
+            for frame in _decode_pyav_kept(path, sample_fps, lower, upper):
+                last = frame.frame_index
+                yield frame
+            return
+        except _PlanMissed:
+            pass  # decode every frame, from the start of the segment, and yield those after `last`
     if lower > _PYAV_SEEK_MIN_S:
         try:
-            yield from _decode_pyav(path, sample_fps, lower, upper, seek=True)
+            for frame in _decode_pyav(path, sample_fps, lower, upper, seek=True):
+                if frame.frame_index > last:
+                    yield frame
             return
         except _SeekMissed:
             pass  # raised before any frame was yielded
-    yield from _decode_pyav(path, sample_fps, lower, upper, seek=False)
+    for frame in _decode_pyav(path, sample_fps, lower, upper, seek=False):
+        if frame.frame_index > last:
+            yield frame
 
 
 def _iter_image(path: str, lower: float, upper: float) -> Iterator[Frame]:

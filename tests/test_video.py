@@ -406,6 +406,23 @@ def test_corrupt_data_mid_stream_names_the_frame(videos_dir: Path, tmp_path: Pat
     assert 125 <= len(frames) <= 140
 
 
+
+def test_corrupt_data_mid_stream_when_sampling_names_the_frame(videos_dir: Path, tmp_path: Path) -> None:
+    """Decoding only the kept frames meets the damage too: decoding every frame takes over from the last frame
+    yielded and reports the frame where the damage is, as at every frame."""
+    data = bytearray((videos_dir / CLIP_2997).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 100_000] = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(data)
+    frames: list[video.Frame] = []
+    with pytest.raises(DecodeError, match=r"corrupt.mp4': decoder error at frame \d+") as caught:
+        for frame in iter_frames(str(path), sample_fps=5, decoder="pyav"):
+            frames.append(frame)
+    assert 125 <= caught.value.frame_index <= 140
+    whole = [f for f in iter_frames(str(videos_dir / CLIP_2997), sample_fps=5, decoder="pyav")]
+    assert _summary(frames) == [item for item in _summary(whole) if item[0] < caught.value.frame_index]
+
 def test_invalid_arguments(videos_dir: Path) -> None:
     path = str(videos_dir / CLIP_2997)
     with pytest.raises(ValueError, match="unknown decoder"):
@@ -519,3 +536,72 @@ def test_sampled_frames_are_the_frames_of_a_sequential_decode(videos_dir: Path, 
         assert frames and frames[-1].frame_index < len(truth)
         for f in frames:
             assert np.array_equal(f.image, truth[f.frame_index]), (decoder, start, f.frame_index)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding only the kept frames
+
+
+def _all_shared_videos(videos_dir: Path) -> list[str]:
+    return sorted(str(p) for p in videos_dir.iterdir() if p.suffix in video.VIDEO_EXTENSIONS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sample_fps", "start_s", "end_s"), [(5.0, 0.0, None), (2.0, 4.0, 9.0)])
+def test_decoding_only_kept_frames_gives_the_frames_of_a_plain_decode(
+    videos_dir: Path, sample_fps: float, start_s: float, end_s: float | None
+) -> None:
+    """Skipping the non-reference frames sampling drops (skip_frame = NONREF) changes no index, timestamp or pixel,
+    on every shared video, whole and in a segment that starts after a seek."""
+    lower, upper = video._segment_bounds(start_s, end_s)
+    for path in _all_shared_videos(videos_dir):
+        plain = list(video._decode_pyav(path, sample_fps, lower, upper, seek=False))
+        kept = list(video._decode_pyav_kept(path, sample_fps, lower, upper))
+        assert _summary(kept) == _summary(plain), path
+        for a, b in zip(plain, kept):
+            assert np.array_equal(a.image, b.image), (path, a.frame_index)
+
+
+def test_kept_frames_plan_skips_the_frames_sampling_drops(videos_dir: Path) -> None:
+    path = str(videos_dir / CLIP_PEXELS)  # 23.976 fps, 472 frames
+    index_of, kept = video._pyav_plan(path, 5.0, *video._segment_bounds(0.0, None))
+    assert len(index_of) == 472 and sorted(index_of.values()) == list(range(472))
+    assert [index_of[pts] for pts in kept] == [f.frame_index for f in iter_frames(path, sample_fps=5, decoder="pyav")]
+
+
+def test_kept_frames_fall_back_to_a_plain_decode_without_packet_timestamps(tmp_path: Path) -> None:
+    """A raw H.264 stream has no packet timestamps: the plan cannot say which frames are kept, and every frame is
+    decoded instead (50 frames, timed at FFmpeg's 25 fps for raw streams: one in five kept)."""
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=20)
+        stream.height, stream.width, stream.pix_fmt = 32, 64, "yuv420p"
+        for image in _marked_frames(25) * 2:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    assert video._pyav_plan(str(path), 5.0, -np.inf, np.inf) is None
+    frames = list(iter_frames(str(path), sample_fps=5, decoder="pyav"))
+    assert [f.frame_index for f in frames] == list(range(0, 50, 5))
+
+
+def test_kept_frames_resume_with_a_plain_decode_where_the_plan_misses(
+    videos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the decoder gives a frame the plan did not predict, decoding goes on frame after frame from the
+    last frame yielded: nothing is lost and nothing comes twice."""
+    path = str(videos_dir / CLIP_WOMAN)
+    expected = list(video._decode_pyav(path, 5.0, -np.inf, np.inf, seek=False))
+    real_plan = video._pyav_plan
+
+    def plan_without_frame_200(*args: object) -> tuple[dict[int, int], list[int]] | None:
+        index_of, kept = real_plan(*args)
+        missing = next(pts for pts, index in index_of.items() if index == 200)
+        return {pts: index for pts, index in index_of.items() if pts != missing}, kept
+
+    monkeypatch.setattr(video, "_pyav_plan", plan_without_frame_200)
+    with pytest.raises(video._PlanMissed):
+        list(video._decode_pyav_kept(path, 5.0, -np.inf, np.inf))
+    frames = list(iter_frames(path, sample_fps=5, decoder="pyav"))
+    assert _summary(frames) == _summary(expected)
+    for a, b in zip(expected, frames):
+        assert np.array_equal(a.image, b.image)
