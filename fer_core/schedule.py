@@ -92,11 +92,10 @@ class ScheduledDetector:
             next frame.
         match_iou: A window detection continues a face when its box overlaps the face's last box by this IoU.
         window_face_px: Windows are downscaled further where needed so the face in them is at most about this
-            many pixels (a large face needs no more to be found again, and the window costs far less). Measured
-            on the 13 shared videos at every frame against the full detector (`benchmarks/annotate_throughput.py`
-            records the run): 64 px searched 2.21x faster than the full detector on every frame, 160 px 1.32x,
-            at the same recall (0.992); the landmarks' mean roll error was 2.0 degrees at 64 and 80 px (turned
-            upright), yaw and pitch errors 4.5 and 4.2 degrees at 64 px, 4.4 and 4.0 at 80 px.
+            many pixels (a large face needs no more to be found again, and the window costs far less). On the 13
+            shared videos at every frame (`benchmarks/detect_schedule.py`), against the full detector on every
+            frame: 64 px took 0.46 of its time, 160 px 0.77, at recall 0.992 and 0.990; the landmarks read
+            within 2.0 / 4.5 / 4.2 degrees of its roll / yaw / pitch on average at 64 px, 2.4 / 3.9 / 3.9 at 160.
     """
 
     def __init__(self, detector: FaceDetector, every: int = 1, *, window: float = 2.5, cut_threshold: float = 30.0,
