@@ -11,7 +11,8 @@ switches of (4) against (3); then the classifier's faces/s on the CPU (one threa
 on the GPU when there is one; on the CPU in float32, in bf16 where the CPU has it and in the job's default
 precision (int8 where the model carries its calibration). The ceiling is measured with decord and with PyAV, each
 decoding every frame (at ``--fps 5`` too), and the faster counts; when sampling, PyAV decoding only the kept frames
-(the job's way) is measured beside it.
+(the job's way) is measured beside it. With ``--fer-python``, the `fer` package on every frame of the same videos
+(benchmarks/fer_reference.py, in that Python) and the job's speed against it.
 Absolute numbers drift on shared machines: compare the ratios.
 """
 
@@ -132,6 +133,8 @@ def main(
     detector_model: str = typer.Option(None, help="YuNet ONNX (default: resolved as the job does)."),
     json_out: Path = typer.Option(None, help="Also write the figures as JSON here."),
     detect_every: list[int] = typer.Option([1, 0], help="Schedules to run the whole job with (repeatable; 0 = auto)."),
+    fer_python: Path = typer.Option(None, help="A Python with the `fer` package: also time it on every frame of "
+                                               "the same videos (benchmarks/fer_reference.py; at --fps 0 only)."),
 ) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
@@ -203,6 +206,25 @@ def main(
             worst = sorted(switches.items(), key=lambda kv: -kv[1])[:3]
             print(f"track switches of --detect-every {every} against --detect-every 1: {sum(switches.values())} in all; "
                   + ", ".join(f"{Path(p).name} {n}" for p, n in worst))
+
+    if fer_python and fps == 0:
+        import subprocess
+
+        # One process, every frame, as the package runs (EVALUATION.md's reference); the same frames as the job's.
+        r = subprocess.run([str(fer_python), str(Path(__file__).with_name("fer_reference.py")), *files],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"error: the fer package failed under {fer_python}: {r.stderr.strip().splitlines()[-1:]}")
+        fer = json.loads(r.stdout.strip().splitlines()[-1])
+        res["fer_fps"] = res["frames"] / sum(fer["seconds"].values())
+        res["fer_version"] = fer["fer_version"]
+        print(f"the fer package {fer['fer_version']} (one process) {res['fer_fps']:8.1f} frames/s "
+              f"({sum(fer['seconds'].values()):.1f} s)", flush=True)
+        for every in jobs:
+            res[f"ratio_job_detect_every_{every}_to_fer"] = res[f"job_detect_every_{every}_fps"] / res["fer_fps"]
+            label = "auto" if every == 0 else str(every)
+            print(f"whole job, --detect-every {label:<4} / fer: {res[f'ratio_job_detect_every_{every}_to_fer']:.2f}x",
+                  flush=True)
 
     crops = np.random.default_rng(0).integers(0, 256, (1024, 48, 48), dtype=np.uint8)
     from fer_core.checkpoint import cpu_has_native_bf16, load_checkpoint, resolve_precision

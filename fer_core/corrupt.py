@@ -115,18 +115,17 @@ def downscale(x: torch.Tensor, side: torch.Tensor, rand: Rand | None = None) -> 
 
 
 def jpeg(x: torch.Tensor, quality: torch.Tensor, rand: Rand | None = None) -> torch.Tensor:
-    """JPEG compression at ``quality`` (libjpeg through torchvision; on a CUDA device, nvJPEG)."""
+    """JPEG compression at ``quality`` (libjpeg through torchvision, on the CPU whatever the images' device: the
+    same codec, and so the same pixels, in training on a GPU as in the benchmark on a CPU)."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     out = x.clone()
-    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8)
-    qs = quality.round().long().clamp(1, 100)
+    u8 = (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+    qs = quality.round().long().clamp(1, 100).cpu()
     for q in qs.unique().tolist():
-        idx = torch.nonzero(qs == q).flatten().tolist()
-        encoded = encode_jpeg([u8[i] for i in idx], quality=int(q))
-        decoded = decode_jpeg(encoded, device=x.device) if x.device.type == "cuda" else [decode_jpeg(e) for e in encoded]
-        for i, d in zip(idx, decoded):
-            out[i] = d.to(x.device, x.dtype).reshape(x.shape[1:]) / 255
+        idx = torch.nonzero(qs == q).flatten()
+        decoded = torch.stack([decode_jpeg(e) for e in encode_jpeg([u8[i] for i in idx.tolist()], quality=int(q))])
+        out[idx.to(x.device)] = decoded.reshape(len(idx), *x.shape[1:]).to(x.device, x.dtype) / 255
     return out
 
 

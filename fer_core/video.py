@@ -9,7 +9,11 @@ Two decoders are supported:
   process holds a frame or two whatever the video's length or the caller's speed. It reads only the header when it
   opens a file; a segment starting after 3 s counts the frames before it by demuxing packets without decoding
   them, then seeks to a keyframe; when that cannot be trusted (packets without timestamps, a seek that lands late)
-  it decodes from the start.
+  it decodes from the start. When sampling drops frames, a demuxing pass first maps each packet to its frame index
+  and marks the frames sampling keeps; the frames in between are decoded only as far as the kept ones need
+  (libavcodec's ``skip_frame``: non-reference frames skipped) and never converted to RGB. Where that plan misses (a
+  frame it did not predict, a decode error), a plain decode takes over after the last frame yielded, so the output
+  is a plain decode's frames, indices and timestamps either way.
 * ``decord``: used by ``"auto"`` where PyAV cannot open (or cannot decode the first frame of) a file. It builds a
   frame index when it opens a file (reading every packet), and it cannot open truncated MP4s or AV1 streams.
   Readers are single-threaded, opened inside the call and read frame after frame from the start: its seeks and

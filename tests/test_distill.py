@@ -154,3 +154,49 @@ def test_the_teacher_command_gives_one_line_errors(tmp_path: Path, fer_data_dir)
         lines = result.output.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "t.npz").exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_teacher_script_runs_without_ray_and_distils_students(fer_data_dir, tmp_path: Path) -> None:
+    """--backend local (the GPU machine has no Ray): the same training code in plain processes, with Ray made
+    unimportable; then a student distilled from the ensemble under a time budget."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    blocker = tmp_path / "noray" / "ray"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("Ray is not installed here")\n')
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    out = tmp_path / "gpu_ensemble_t"
+    r = subprocess.run([sys.executable, "training/gpu_teachers.py", str(fer_data_dir), "--out", str(out), "--cpu",
+                        "--backend", "local", "--teacher", "debug", "--student", "student_kd_scratch",
+                        "--student-minutes", "0.0005", "--set", "limit_train=128", "--set", "limit_eval=64"],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "local"
+    assert [t["name"] for t in summary["teachers"]] == ["debug"]
+    assert [s["name"] for s in summary["students"]] == ["student_kd_scratch"]
+    assert summary["students"][0]["epochs"] == 1  # the budget held the 300-epoch config to one epoch
+    assert (out / "debug" / "predictions.npz").is_file() and (out / "teachers.npz").is_file()
+    meta = json.loads((out / "student_kd_scratch" / "model" / "fer_checkpoint.json").read_text())
+    # The student's record names the ensemble where it is committed, not this machine's folder.
+    assert meta["train_config"]["distill_targets"] == "teachers/gpu_ensemble_t.npz"
+    assert meta["train_config"]["epochs"] == 1 and meta["arch"] == "fer_vgg_small"
+    assert "distilling" in (out / "student_kd_scratch.log").read_text()
+
+
+def test_the_gpu_teacher_script_names_a_bad_backend_or_config(fer_data_dir, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    for args, message in ((["--backend", "spark"], "--backend must be ray, local or auto"),
+                          (["--teacher", "no_such_config"], "no_such_config")):
+        r = subprocess.run([sys.executable, "training/gpu_teachers.py", str(fer_data_dir), "--cpu", "--out",
+                            str(tmp_path / "o"), *args], cwd=repo, capture_output=True, text=True, timeout=120)
+        lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and message in lines[0], r.stdout + r.stderr

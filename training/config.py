@@ -105,6 +105,11 @@ class TrainConfig:
     """Softening temperature of teacher and student in the distillation term."""
     early_stop_patience: int = 0
     """Stop after this many epochs without a better PublicTest accuracy (0 = off)."""
+    time_budget_minutes: float = 0.0
+    """Fit the run into about this many minutes (0 = off): after the first epoch, ``epochs`` becomes the number of
+    epochs of that epoch's length (training and evaluation) that fit, at most the configured number, and the
+    learning-rate schedule spans them. The first epoch (warm-up included) is the slowest, so the run ends early
+    rather than late. The epochs chosen are kept across a resume and recorded in the exported checkpoint."""
     swa_start: int = 0
     """Stochastic weight averaging: from this epoch on (counted from 1, as in the log), keep the mean of the weights
     at each epoch's end; the averaged model, BatchNorm statistics recomputed, is evaluated every epoch and can be the
@@ -145,6 +150,7 @@ class TrainConfig:
             need(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
         need(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]")
         need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
+        need(self.time_budget_minutes >= 0, "time_budget_minutes", "must be >= 0 (0 = off)")
         need(self.swa_start >= 0, "swa_start", "must be >= 0 (0 = off)")
         need(self.swa_bn_images >= 0, "swa_bn_images", "must be >= 0 (0 = all training faces)")
         need(self.tta in ("none", "flip"), "tta", "must be 'none' or 'flip'")

@@ -1,13 +1,16 @@
-"""The function each Ray Train worker runs: load data, build the model, resume, train, evaluate, checkpoint."""
+"""The training process: load data, build the model, resume, train, evaluate, checkpoint. Ray Train's workers run it
+(:func:`train_worker`); :func:`train_local` runs it in one process without Ray."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -55,20 +58,132 @@ def make_targets(data: FerData, cfg: TrainConfig) -> torch.Tensor:
     return torch.from_numpy(onehot)
 
 
+class Session:
+    """What a training process needs from whatever runs it: its rank, its device, the checkpoint to resume from,
+    and where each epoch's report and checkpoint go. :class:`RaySession` is Ray Train's; :class:`LocalSession`
+    runs one process without Ray (training/gpu_teachers.py on a machine without Ray)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def restored(self) -> "contextlib.AbstractContextManager[Path | None]":
+        """A context giving the latest checkpoint's folder, or None for a fresh start."""
+        raise NotImplementedError
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Record an epoch; ``checkpoint_dir`` (rank 0 only) is a temporary folder the session must copy now."""
+        raise NotImplementedError
+
+
+class RaySession(Session):
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class LocalSession(Session):
+    """One process on one device, no Ray: the latest checkpoint lives in ``RUN_DIR/checkpoint/``, replaced whole
+    each epoch (the new one is written beside it and renamed over it), so a run cut off at any point resumes."""
+
+    def __init__(self, run_dir: Path, device: torch.device) -> None:
+        self.run_dir, self.device = Path(run_dir), device
+        self.latest = self.run_dir / "checkpoint"
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        # checkpoint.old is the previous one, there only if a run was cut off between the two renames in report().
+        found = [d for d in (self.latest, self.run_dir / "checkpoint.old") if (d / STATE_FILE).is_file()]
+        yield found[0] if found else None
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:
+            return
+        part, old = self.run_dir / "checkpoint.part", self.run_dir / "checkpoint.old"
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, part)
+        shutil.rmtree(old, ignore_errors=True)
+        if self.latest.exists():
+            self.latest.rename(old)
+        part.rename(self.latest)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_local(cfg: TrainConfig, out: str | Path, as_given: TrainConfig | None = None,
+                device: torch.device | str = "cpu") -> Path:
+    """Train (or resume) in this process without Ray, and export the best epoch to ``OUT/<name>/model/``, as
+    training/train.py's :func:`run` does with Ray Train. Returns the exported model's folder."""
+    import yaml
+
+    run_dir = Path(out) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorded = (as_given or cfg).to_dict()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=True))
+    session = LocalSession(run_dir, torch.device(device))
+    train_process({**cfg.to_dict(), RECORDED_KEY: recorded}, session)
+    model_dir = run_dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with session.restored() as latest:  # the final checkpoint
+        if latest is None:
+            raise RuntimeError(f"training wrote no checkpoint under {run_dir}")
+        shutil.copytree(latest / "best", model_dir)
+        shutil.copyfile(latest / HISTORY_FILE, run_dir / HISTORY_FILE)
+    return model_dir
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: one DDP worker. Reports once per epoch with a checkpoint from rank 0."""
-    import ray.train
-    import ray.train.torch
+    train_process(config, RaySession())
 
+
+def _fit_budget(budget_s: float, elapsed_s: float, epoch_s: float, epoch: int, most: int) -> int:
+    """The epoch count that ends within ``budget_s``: the ``epoch + 1`` done in ``elapsed_s``, then as many more
+    of ``epoch_s`` as the rest of the budget holds; at most ``most``."""
+    return max(epoch + 1, min(most, epoch + 1 + int(max(0.0, budget_s - elapsed_s) // max(epoch_s, 1e-6))))
+
+
+def train_process(config: dict[str, Any], session: Session) -> None:
+    """Load data, build the model, resume, train, evaluate and checkpoint each epoch, under ``session``."""
     config = dict(config)
     as_given = TrainConfig(**config.pop(RECORDED_KEY, None) or config)
     cfg = TrainConfig(**config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     threads = cfg.threads_per_worker or max(1, int(cfg.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    device = session.device
 
     data = load_fer(cfg.data)
     train = data.split("Training")
@@ -105,8 +220,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     kwargs = checkpoint_meta_of(cfg, {}).arch_kwargs
     model = create_model(cfg.model, num_classes=len(EMOTIONS), in_channels=cfg.channels, **kwargs)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # oneDNN convolutions: see benchmarks/train_throughput.py
+    # oneDNN convolutions on the CPU (benchmarks/train_throughput.py); cuDNN's bf16 kernels on a GPU.
+    model = model.to(memory_format=torch.channels_last)
     per_worker_batch = cfg.batch_size // world
     steps_per_epoch = len(images) // (per_worker_batch * world)
     if steps_per_epoch == 0:
@@ -117,9 +232,10 @@ def train_worker(config: dict[str, Any]) -> None:
     start_epoch, best_acc, best_epoch, history = 0, -1.0, -1, []
     swa = WeightAverage()
     best_dir = Path(tempfile.mkdtemp(prefix="fer-best-"))
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as d:
+    resumed, fitted = False, 0
+    with session.restored() as d:
+        if d is not None:
+            resumed = True
             model.load_state_dict(load_file(str(Path(d) / "model" / WEIGHTS_FILE)))
             state = torch.load(Path(d) / STATE_FILE, weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
@@ -127,12 +243,17 @@ def train_worker(config: dict[str, Any]) -> None:
             start_epoch, best_acc, best_epoch = state["epoch"] + 1, state["best_acc"], state["best_epoch"]
             if "swa" in state:
                 swa.load_state_dict(state["swa"])
+            fitted = state.get("epochs_fitted", 0)
+            if fitted and cfg.time_budget_minutes and fitted != cfg.epochs:  # the count the budget chose holds
+                cfg, as_given = (dataclasses.replace(c, epochs=fitted) for c in (cfg, as_given))
+                schedule = Schedule(cfg, optimizer, steps_per_epoch)
+                schedule.load_state_dict(state["schedule"])
             history = [json.loads(line) for line in (Path(d) / HISTORY_FILE).read_text().splitlines() if line]
             shutil.copytree(Path(d) / "best", best_dir, dirs_exist_ok=True)
-        if rank == 0:
-            # Epochs are counted from 1 in the log (as in the per-epoch lines), from 0 in metrics.jsonl.
-            print(f"resumed after epoch {start_epoch} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch + 1})",
-                  flush=True)
+    if resumed and rank == 0:
+        # Epochs are counted from 1 in the log (as in the per-epoch lines), from 0 in metrics.jsonl.
+        print(f"resumed after epoch {start_epoch} (best PublicTest accuracy {best_acc:.4f} at epoch {best_epoch + 1})",
+              flush=True)
     elif cfg.init_from:
         from training.warmstart import load_init_weights
 
@@ -140,7 +261,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"starting from the weights of {cfg.init_from}", flush=True)
 
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     preset = train_preset_of(cfg)
     spec = preprocessing_of(cfg)
@@ -153,6 +274,7 @@ def train_worker(config: dict[str, Any]) -> None:
         return accuracy_plain_and_flip(net, val.pixels, val.labels, spec, device=device)
 
     epoch = start_epoch - 1
+    configured_epochs, train_start = cfg.epochs, time.perf_counter()
     while not done:
         epoch += 1
         stats = train_one_epoch(
@@ -176,6 +298,18 @@ def train_worker(config: dict[str, Any]) -> None:
                 chosen, candidate = swa_chosen, averaged
                 candidate_metrics = {"public_accuracy": swa_acc, "public_accuracy_flip": swa_acc_flip, "epoch": epoch,
                                      "weights": f"mean of epochs {epoch + 2 - swa.count}-{epoch + 1} (SWA)"}
+        if cfg.time_budget_minutes and not resumed and epoch < 2:
+            # Fitted after the first epoch (warm-up and kernel autotuning included, so slow) and again after the
+            # second (the steady pace); from then on the count holds.
+            fit = _fit_budget(cfg.time_budget_minutes * 60, time.perf_counter() - train_start,
+                              stats.seconds + time.perf_counter() - t0, epoch, configured_epochs)
+            if fit != cfg.epochs:
+                if rank == 0:
+                    print(f"time budget {cfg.time_budget_minutes:g} min: {fit} of {configured_epochs} epochs fit "
+                          f"(epoch {epoch + 1} took {stats.seconds + time.perf_counter() - t0:.1f} s)", flush=True)
+                cfg, as_given = (dataclasses.replace(c, epochs=fit) for c in (cfg, as_given))
+                schedule = Schedule(cfg, optimizer, steps_per_epoch)
+                fitted = fit
         improved = chosen > best_acc
         if improved:
             best_acc, best_epoch = chosen, epoch
@@ -205,7 +339,6 @@ def train_worker(config: dict[str, Any]) -> None:
                 f"{stats.images_per_s:.0f} img/s {stats.seconds:.0f}s",
                 flush=True,
             )
-        checkpoint = None
         with tempfile.TemporaryDirectory(prefix="fer-ckpt-") as tmp:
             if rank == 0:
                 current = {"public_accuracy": acc, "public_accuracy_flip": acc_flip, "epoch": epoch}
@@ -215,12 +348,11 @@ def train_worker(config: dict[str, Any]) -> None:
                 shutil.copytree(best_dir, Path(tmp) / "best")
                 torch.save(
                     {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
-                     "best_acc": best_acc, "best_epoch": best_epoch, "swa": swa.state_dict()},
+                     "best_acc": best_acc, "best_epoch": best_epoch, "swa": swa.state_dict(), "epochs_fitted": fitted},
                     Path(tmp) / STATE_FILE,
                 )
                 (Path(tmp) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            session.report(metrics, Path(tmp) if rank == 0 else None)
     if start_epoch > epoch and rank == 0:
         print(f"nothing to do: the run already finished {start_epoch} epochs")
     shutil.rmtree(best_dir, ignore_errors=True)
