@@ -218,6 +218,7 @@ def main(
         fer = json.loads(r.stdout.strip().splitlines()[-1])
         res["fer_fps"] = res["frames"] / sum(fer["seconds"].values())
         res["fer_version"] = fer["fer_version"]
+        res["fer_seconds_per_video"] = {Path(p).name: t for p, t in fer["seconds"].items()}
         print(f"the fer package {fer['fer_version']} (one process) {res['fer_fps']:8.1f} frames/s "
               f"({sum(fer['seconds'].values()):.1f} s)", flush=True)
         for every in jobs:
