@@ -10,8 +10,8 @@ never scored here). Each teacher is ``configs/train/<teacher>.yaml``, run as ``t
 Ray Train where Ray is installed (``--backend ray``) and in one plain process where it is not (``--backend
 local``, the same training code): one worker with the GPU, bf16 autocast, the training set and its augmentation on
 the GPU, a checkpoint every epoch; running the same command again resumes. On a GPU the runs of a phase share it
-in parallel processes (one small model leaves most of an H200 idle); ``--sequential``, the default on the CPU,
-runs them one by one.
+in parallel processes (one small model leaves most of an H200 idle; the default with ``--backend local`` on a
+GPU); ``--sequential``, the default otherwise, runs them one by one.
 
 - ``OUT/<teacher>/model/`` (the best PublicTest epoch, self-describing), ``OUT/<teacher>/metrics.jsonl`` and
   ``OUT/<teacher>/predictions.npz`` (its own predictions, for choosing an ensemble elsewhere);
@@ -118,7 +118,7 @@ def main(
     student_minutes: float = typer.Option(0.0, help="Time budget per student in minutes (0 = none)."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU (for a smoke run without a GPU)."),
     backend: str = typer.Option("auto", help="ray (Ray Train), local (one process, no Ray) or auto (ray where installed)."),
-    parallel: Optional[bool] = typer.Option(None, "--parallel/--sequential", help="Run a phase's trainings at once (default on a GPU) or one after another (default on the CPU)."),
+    parallel: Optional[bool] = typer.Option(None, "--parallel/--sequential", help="Run a phase's trainings at once (default on a GPU without Ray) or one after another."),
     set_: list[str] = typer.Option([], "--set", help="Any config key for every run: --set limit_train=512 (repeatable)."),
     train_only: bool = typer.Option(False, "--train-only", hidden=True, help="Child mode: train --teacher and stop."),
 ) -> None:
@@ -171,7 +171,8 @@ def main(
     common = [str(data), "--out", str(out), "--backend", backend, *(["--cpu"] if cpu else [])]
     for s in set_:
         common += ["--set", s]
-    parallel = not cpu if parallel is None else parallel
+    # In parallel only by default where it was made for: one GPU, no Ray (each child would start a Ray of its own).
+    parallel = (not cpu and backend == "local") if parallel is None else parallel
     summary: dict = {"data": RECORDED_DATA, "device": torch.cuda.get_device_name(0) if not cpu else "cpu",
                      "backend": backend, "parallel": parallel, "torch": torch.__version__}
     start = time.perf_counter()
