@@ -389,13 +389,19 @@ def test_truncated_mp4_yields_decodable_frames_then_raises(truncated_clip: Path)
     assert len(list(iter_frames(str(truncated_clip), sample_fps=2, end_s=5.0))) == 10
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
-def test_corrupt_data_mid_stream_names_the_frame(videos_dir: Path, tmp_path: Path, decoder: str) -> None:
+def _corrupt_copy(videos_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the 29.97 fps clip with 100 kB of noise written over its middle (near frame 136)."""
     data = bytearray((videos_dir / CLIP_2997).read_bytes())
     middle = len(data) // 2
     data[middle : middle + 100_000] = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
     path = tmp_path / "corrupt.mp4"
     path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_corrupt_data_mid_stream_names_the_frame(videos_dir: Path, tmp_path: Path, decoder: str) -> None:
+    path = _corrupt_copy(videos_dir, tmp_path)
     frames: list[video.Frame] = []
     with pytest.raises(DecodeError, match=r"corrupt.mp4': decoder error at frame \d+") as caught:
         for frame in iter_frames(str(path), sample_fps=0, decoder=decoder):
@@ -406,15 +412,10 @@ def test_corrupt_data_mid_stream_names_the_frame(videos_dir: Path, tmp_path: Pat
     assert 125 <= len(frames) <= 140
 
 
-
 def test_corrupt_data_mid_stream_when_sampling_names_the_frame(videos_dir: Path, tmp_path: Path) -> None:
     """Decoding only the kept frames meets the damage too: decoding every frame takes over from the last frame
     yielded and reports the frame where the damage is, as at every frame."""
-    data = bytearray((videos_dir / CLIP_2997).read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 100_000] = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
-    path = tmp_path / "corrupt.mp4"
-    path.write_bytes(data)
+    path = _corrupt_copy(videos_dir, tmp_path)
     frames: list[video.Frame] = []
     with pytest.raises(DecodeError, match=r"corrupt.mp4': decoder error at frame \d+") as caught:
         for frame in iter_frames(str(path), sample_fps=5, decoder="pyav"):
