@@ -20,7 +20,9 @@ pack)
   mkdir -p "$REPO/.gpudata"
   grep -qx '/.gpudata/' "$REPO/.git/info/exclude" 2>/dev/null || echo '/.gpudata/' >> "$REPO/.git/info/exclude"
   cp "$DATA/fer2013_train.npz" "$REPO/.gpudata/"
-  python3 - "$DATA/fer2013_test.npz" "$REPO/.gpudata/fer2013_test.npz.xz" <<'PY'
+  PY=${PYTHON:-$REPO/.venv/bin/python}  # the project's environment (numpy), else whatever python3 is
+  [ -x "$PY" ] || PY=python3
+  "$PY" - "$DATA/fer2013_test.npz" "$REPO/.gpudata/fer2013_test.npz.xz" <<'PY'
 import io, lzma, sys
 import numpy as np
 d = np.load(sys.argv[1])
