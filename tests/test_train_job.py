@@ -98,6 +98,17 @@ def test_a_robust_run_aligns_corrupts_and_distils(tmp_path: Path, fer_data_dir: 
     assert meta["train_config"]["distill_targets"] == str(teacher)
 
 
+def test_a_time_budget_holds_both_ddp_workers_to_the_same_epochs(tmp_path: Path) -> None:
+    """Under DDP (the debug config's 2 workers) the budget's epoch count is agreed between the workers, so a run far
+    over its budget stops after the first epoch on both instead of one waiting for the other."""
+    r = _run([*TRAIN, "--out", str(tmp_path / "out"), "--epochs", "4", "--set", "time_budget_minutes=0.0001"])
+    assert r.returncode == 0, _log(r)
+    assert "1 of 4 epochs fit" in r.stdout + r.stderr, _log(r)
+    meta = json.loads((tmp_path / "out" / "debug" / "model" / "fer_checkpoint.json").read_text())
+    assert meta["train_config"]["epochs"] == 1
+    assert len((tmp_path / "out" / "debug" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------------------------ the real run
 
 

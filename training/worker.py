@@ -303,6 +303,11 @@ def train_process(config: dict[str, Any], session: Session) -> None:
             # second (the steady pace); from then on the count holds.
             fit = _fit_budget(cfg.time_budget_minutes * 60, time.perf_counter() - train_start,
                               stats.seconds + time.perf_counter() - t0, epoch, configured_epochs)
+            if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every DDP worker must run the same number of epochs: the smallest count any of them fitted.
+                agreed = torch.tensor([fit], dtype=torch.int64, device=device)
+                torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+                fit = int(agreed.item())
             if fit != cfg.epochs:
                 if rank == 0:
                     print(f"time budget {cfg.time_budget_minutes:g} min: {fit} of {configured_epochs} epochs fit "
