@@ -3,9 +3,10 @@
     python benchmarks/detect_schedule.py --videos ../shared/data/videos --fps 0 \
         --config 2.5,64,640 --config 2.5,160,640 --config 2.5,64,320
 
-Each ``--config`` is ``window,window_face_px,full_side``: the search window in box sides, the face size windows are
-downscaled to, and the longest side of the image full detections run on (640 = the detector's own; less tests
-item 2 of issue 11, full detections on a smaller image; windows keep the detector's scale). Every video is decoded
+Each ``--config`` is ``window,window_face_px,full_side[,rescore_below]``: the search window in box sides, the face
+size windows are downscaled to, the longest side of the image full detections run on (640 = the detector's own;
+less tests item 2 of issue 11, full detections on a smaller image; windows keep the detector's scale) and the score
+below which a face found in its window gets a full detection next (the job's 0.85). Every video is decoded
 once, in one process with one OpenCV thread, and each frame goes through the full detector (the reference) and
 through one `ScheduledDetector` per setting at the job's auto interval. Prints for each setting the detection time
 against the reference's, the full detections by reason and the window searches, face recall and precision against
@@ -40,19 +41,22 @@ class _Scaled:
         return self.windows.detect_region(*args, **kwargs)
 
 
-def _parse(config: str) -> tuple[float, int, int]:
+def _parse(config: str) -> tuple[float, int, int, float]:
     try:
-        window, face_px, side = config.split(",")
-        return float(window), int(face_px), int(side)
+        window, face_px, side, *rest = config.split(",")
+        if len(rest) > 1:
+            raise ValueError
+        return float(window), int(face_px), int(side), float(rest[0]) if rest else 0.85
     except ValueError:
-        raise typer.BadParameter(f"--config {config!r}: expected window,window_face_px,full_side, e.g. 2.5,64,640")
+        raise typer.BadParameter(f"--config {config!r}: expected window,window_face_px,full_side[,rescore_below], "
+                                 "e.g. 2.5,64,640 or 2.5,64,640,0.75")
 
 
 @app.command()
 def main(
     videos: Path = typer.Option(Path("../shared/data/videos"), help="Folder of videos."),
     fps: float = typer.Option(0.0, help="Sampling rate (0 = every frame)."),
-    config: list[str] = typer.Option(["2.5,64,640", "2.5,160,640"], help="window,window_face_px,full_side (repeatable)."),
+    config: list[str] = typer.Option(["2.5,64,640", "2.5,160,640"], help="window,window_face_px,full_side[,rescore_below] (repeatable; rescore_below defaults to the job's 0.85)."),
     detector_model: str = typer.Option(None, help="YuNet ONNX (default: resolved as the job does)."),
 ) -> None:
     import cv2
@@ -75,7 +79,8 @@ def main(
     frames = 0
     for path in list_inputs([str(videos)]):
         every = detect_every_for(0, fps, probe(path).fps)
-        schedules = {s: ScheduledDetector(full_detectors[s[2]], every, window=s[0], window_face_px=s[1]) for s in settings}
+        schedules = {s: ScheduledDetector(full_detectors[s[2]], every, window=s[0], window_face_px=s[1],
+                                           rescore_below=s[3]) for s in settings}
         for frame in iter_frames(path, sample_fps=fps):
             frames += 1
             image = frame.image
@@ -127,7 +132,8 @@ def main(
             return f"{values.mean():.2f}/{np.percentile(values, 95):.2f}" if len(values) else "-"
 
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1]))
-        print(f"window {setting[0]:g}, {setting[1]} px of face, full detections at {setting[2]}: {row['t']:.1f} s "
+        print(f"window {setting[0]:g}, {setting[1]} px of face, full detections at {setting[2]}, rescore below "
+              f"{setting[3]:g}: {row['t']:.1f} s "
               f"({reference_s / max(row['t'], 1e-9):.2f}x the full detector on every frame); full detections "
               f"{sum(row['reasons'].values())} ({reasons}), window searches {row['windows']}; recall "
               f"{row['hit'] / max(1, row['ref']):.4f}, precision {row['hit'] / max(1, row['got']):.4f}; landmark "
