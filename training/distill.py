@@ -94,27 +94,36 @@ def load_predictions(path: str | Path, rows: np.ndarray) -> tuple[np.ndarray, di
     return log_probs[found], record
 
 
-def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
-    """Mean probabilities of the teachers (each with flip averaging, in fp32) on every face of ``data``, and a
-    record with each teacher's and the ensemble's PublicTest accuracy (PrivateTest is not scored)."""
+def member_predictions(source: str, data: FerData, *, device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+    """One teacher's probabilities (N, C) on every face of ``data``, with flip averaging, and its record (its
+    PublicTest accuracy)."""
     from fer_core.checkpoint import load_checkpoint
     from training.align import as_served
     from training.loop import predict_logits
 
+    model, meta, _ = load_checkpoint(source)
+    model = model.to(device).float()
+    probs = predict_logits(model, as_served(data.pixels, meta.preprocessing), meta.preprocessing,
+                           device=device, tta="flip")
+    return probs, {"source": str(source), "name": meta.name, "public_accuracy_flip": _public_accuracy(probs, data)}
+
+
+def combine(probs: list[np.ndarray], members: list[dict[str, Any]], data: FerData) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ensemble of teachers' probabilities (their mean) and its record, for :func:`save_predictions`."""
+    mean = sum(probs) / len(probs)
+    return mean, {"teachers": members, "ensemble_public_accuracy": _public_accuracy(mean, data), "tta": "flip"}
+
+
+def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mean probabilities of the teachers (each with flip averaging, in fp32) on every face of ``data``, and a
+    record with each teacher's and the ensemble's PublicTest accuracy (PrivateTest is not scored)."""
+    parts = [member_predictions(source, data, device=device) for source in teachers]
+    return combine([p for p, _ in parts], [m for _, m in parts], data)
+
+
+def _public_accuracy(probs: np.ndarray, data: FerData) -> float | None:
     public = data.usage == SPLITS.index("PublicTest")
-    members, total = [], None
-    for source in teachers:
-        model, meta, _ = load_checkpoint(source)
-        model = model.to(device).float()
-        probs = predict_logits(model, as_served(data.pixels, meta.preprocessing), meta.preprocessing,
-                               device=device, tta="flip")
-        acc = float(np.mean(probs[public].argmax(1) == data.labels[public])) if public.any() else None
-        members.append({"source": str(source), "name": meta.name, "public_accuracy_flip": acc})
-        total = probs if total is None else total + probs
-    assert total is not None
-    mean = total / len(teachers)
-    acc = float(np.mean(mean[public].argmax(1) == data.labels[public])) if public.any() else None
-    return mean, {"teachers": members, "ensemble_public_accuracy": acc, "tta": "flip"}
+    return float(np.mean(probs[public].argmax(1) == data.labels[public])) if public.any() else None
 
 
 app = typer.Typer(add_completion=False, help=__doc__)

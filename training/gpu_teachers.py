@@ -163,10 +163,8 @@ def main(
             (out / cfg.name / "record.json").write_text(json.dumps(_record(cfg, out, (time.perf_counter() - start) / 60)))
         return
 
-    import numpy as np
-
-    from training.data import SPLITS, load_fer
-    from training.distill import ensemble_predictions, save_predictions
+    from training.data import load_fer
+    from training.distill import combine, member_predictions, save_predictions
 
     common = [str(data), "--out", str(out), "--backend", backend, *(["--cpu"] if cpu else [])]
     for s in set_:
@@ -185,16 +183,13 @@ def main(
 
     fer = load_fer(str(data))
     dev = torch.device(device)
-    members, total = [], 0.0
+    parts = []
     for cfg in configs:  # each teacher's own predictions too, so that an ensemble can be chosen elsewhere
-        probs, record = ensemble_predictions([str(out / cfg.name / "model")], fer, device=dev)
+        probs, member = member_predictions(str(out / cfg.name / "model"), fer, device=dev)
+        record = combine([probs], [member], fer)[1]
         save_predictions(out / cfg.name / "predictions.npz", fer.row, fer.usage, probs, {**record, "data": RECORDED_DATA})
-        members += record["teachers"]
-        total = total + probs
-    probs = total / len(configs)
-    public = fer.usage == SPLITS.index("PublicTest")
-    record = {"teachers": members, "tta": "flip",
-              "ensemble_public_accuracy": float(np.mean(probs[public].argmax(1) == fer.labels[public]))}
+        parts.append((probs, member))
+    probs, record = combine([p for p, _ in parts], [m for _, m in parts], fer)
     save_predictions(out / "teachers.npz", fer.row, fer.usage, probs, {**record, "data": RECORDED_DATA})
     summary["ensemble_public_accuracy"] = record["ensemble_public_accuracy"]
     summary["members"] = record["teachers"]
