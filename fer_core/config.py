@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DETECTORS = ("auto", "yunet", "haar")
+DETECTOR_ENGINES = ("auto", "onnxruntime", "opencv")
 DECODERS = ("auto", "decord", "pyav")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("auto", "cpu", "gpu")
@@ -26,6 +27,8 @@ class AnnotateOptions:
     """Face detector: auto or yunet (YuNet, shipped with the package), or haar (only when asked for)."""
     detector_model: str | None = None
     """Path of the YuNet ONNX (else FER_YUNET_MODEL, else the copy shipped inside the package)."""
+    detector_engine: str = "auto"
+    """What runs YuNet: auto (ONNX Runtime where installed, else OpenCV), onnxruntime or opencv; the same faces."""
     detect_max_side: int = 640
     """Frames are downscaled to at most this longest side for detection; boxes map back to full resolution."""
     detect_every: int = 0
@@ -66,6 +69,7 @@ class AnnotateOptions:
         checks: list[tuple[bool, str, str]] = [
             (self.fps >= 0, "--fps", "must be >= 0 (0 = every frame)"),
             (self.detector in DETECTORS, "--detector", f"must be one of {', '.join(DETECTORS)}"),
+            (self.detector_engine in DETECTOR_ENGINES, "--detector-engine", f"must be one of {', '.join(DETECTOR_ENGINES)}"),
             (self.decoder in DECODERS, "--decoder", f"must be one of {', '.join(DECODERS)}"),
             (self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}"),

@@ -15,7 +15,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def make_detector(opts: Any) -> Any:
     """The face detector an options object asks for (fields detector, detector_model, detect_max_side,
-    min_face_px, score_threshold).
+    min_face_px, score_threshold, detector_engine).
 
     Raises:
         fer_core.detect.DetectorError: when the asked-for detector can't be built.
@@ -24,5 +24,5 @@ def make_detector(opts: Any) -> Any:
 
     return create_detector(
         opts.detector, opts.detector_model, max_side=opts.detect_max_side, min_face_px=opts.min_face_px,
-        score_threshold=opts.score_threshold,
+        score_threshold=opts.score_threshold, engine=opts.detector_engine,
     )

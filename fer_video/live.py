@@ -34,6 +34,7 @@ def main(
     model: Optional[str] = typer.Option(None, help="Classifier checkpoint folder (default: the model shipped with the package)."),
     detector: str = typer.Option("auto", help="Face detector: auto or yunet (the YuNet shipped in the package), or haar (only when asked for)."),
     detector_model: Optional[str] = typer.Option(None, help="Another copy of the YuNet ONNX (default: $FER_YUNET_MODEL, else the one shipped in the package)."),
+    detector_engine: str = typer.Option("auto", help="What runs YuNet: auto (ONNX Runtime where installed, else OpenCV), onnxruntime or opencv; the same faces, ONNX Runtime about twice as fast."),
     detect_max_side: int = typer.Option(640, help="Longest side of the downscaled frame used for detection."),
     min_face_px: int = typer.Option(20, help="Ignore faces smaller than this many pixels."),
     score_threshold: float = typer.Option(0.8, help="Minimum face detector score (YuNet)."),
@@ -50,7 +51,7 @@ def main(
     from fer_core.live import SourceError, open_capture, parse_source
 
     try:
-        opts = AnnotateOptions(fps=fps, detector=detector, detector_model=detector_model,
+        opts = AnnotateOptions(fps=fps, detector=detector, detector_model=detector_model, detector_engine=detector_engine,
                                detect_max_side=detect_max_side, min_face_px=min_face_px,
                                score_threshold=score_threshold, model=model, device=device)
     except OptionError as e:

@@ -45,6 +45,7 @@ def test_help():
         (["{txt}"], "expected a video file or a folder"),
         (["{video}", "--fps", "-1"], "--fps must be >= 0"),
         (["{video}", "--detector", "mtcnn"], "--detector must be one of"),
+        (["{video}", "--detector-engine", "tensorrt"], "--detector-engine must be one of auto, onnxruntime, opencv"),
         (["{video}", "--decoder", "opencv"], "--decoder must be one of"),
         (["{video}", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["{video}", "--precision", "fp16"], "--precision must be one of auto, fp32, bf16"),

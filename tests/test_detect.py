@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -197,10 +199,13 @@ def test_haar_finds_the_face(pexels_frame: np.ndarray, yunet: YuNetDetector) -> 
 
 def test_detectors_pickle_by_config(yunet_model: Path, pexels_frame: np.ndarray) -> None:
     detector = YuNetDetector(yunet_model, score_threshold=0.7)
-    before = detector.detect(pexels_frame)  # builds the OpenCV net, which cannot be pickled
+    before = detector.detect(pexels_frame)  # builds the network (an ONNX Runtime session), which cannot be pickled
     clone = pickle.loads(pickle.dumps(detector))
     assert clone.describe() == detector.describe()
     np.testing.assert_allclose(clone.detect(pexels_frame).boxes, before.boxes)
+    opencv = YuNetDetector(yunet_model, engine="opencv")
+    opencv.detect(pexels_frame)  # the OpenCV net, which cannot be pickled either
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(opencv)).detect(pexels_frame).boxes, before.boxes, atol=0.05)
     haar = HaarDetector()
     haar.detect(pexels_frame)
     assert pickle.loads(pickle.dumps(haar)).describe() == haar.describe()
@@ -213,6 +218,82 @@ def test_describe(yunet_model: Path) -> None:
     assert description["model_sha256"] == detect.YUNET_SHA256
     assert (description["score_threshold"], description["max_side"]) == (0.6, 480)
     assert HaarDetector().describe()["name"] == "haar"
+
+
+# --------------------------------------------------------------------------------------------------
+# Engines: ONNX Runtime and OpenCV run the same network and must give the same faces
+
+
+def _same_faces(a: Detections, b: Detections) -> None:
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+    np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.05)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_engines_give_the_same_faces(yunet_model: Path, shared_dir: Path) -> None:
+    opencv = YuNetDetector(yunet_model, engine="opencv")
+    ort = YuNetDetector(yunet_model, engine="onnxruntime")
+    assert (opencv.engine, ort.engine) == ("opencv", "onnxruntime")
+    seen = 0
+    for name, times in (("facenet_pytorch_crowd.mp4", (0.0, 1.0)), ("pyfeat_WolfgangLanger_Pexels.mp4", (1.0, 3.0)),
+                        ("pyfeat_face_noface.mov", (4.0,)), ("simplefr_Video_2.mp4", (5.0, 30.0))):
+        for t in times:
+            frame = _frame_at(shared_dir, name, t)
+            a, b = opencv.detect(frame), ort.detect(frame)
+            _same_faces(a, b)
+            seen += len(a)
+            for i in range(len(a)):  # the schedule's window searches, plain and turned
+                x, y, w, h = a.boxes[i]
+                window = np.array([x - w, y - h, 3 * w, 3 * h])
+                _same_faces(opencv.detect_region(frame, window, 160), ort.detect_region(frame, window, 160))
+                _same_faces(opencv.detect_region(frame, window, 160, 15.0), ort.detect_region(frame, window, 160, 15.0))
+    assert seen >= 10  # the crowd's faces and the single faces all compared, not only empty frames
+    for odd in ((37, 53), (300, 97)):  # sizes that are not multiples of 32: both pad the same way
+        image = cv2.resize(_frame_at(shared_dir, "pyfeat_WolfgangLanger_Pexels.mp4", 2.0), odd)
+        _same_faces(opencv.detect(image), ort.detect(image))
+
+
+def test_engine_auto_and_describe(yunet_model: Path) -> None:
+    assert YuNetDetector(yunet_model).engine == "onnxruntime"  # installed with the package
+    assert YuNetDetector(yunet_model, engine="opencv").describe()["engine"] == "opencv"
+    assert create_detector("haar", engine="onnxruntime").name == "haar"  # a YuNet-only option, ignored
+    with pytest.raises(DetectorError, match="unknown detector engine 'tensorrt'; expected one of auto, onnxruntime"):
+        YuNetDetector(yunet_model, engine="tensorrt")
+
+
+def test_engine_onnxruntime_missing_names_the_fix(yunet_model: Path) -> None:
+    # A Python where onnxruntime can't be imported: auto falls back to OpenCV, asking for it is a one-line error.
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from fer_core.detect import YuNetDetector, DetectorError\n"
+        f"print(YuNetDetector({str(yunet_model)!r}).engine)\n"
+        f"try:\n    YuNetDetector({str(yunet_model)!r}, engine='onnxruntime')\n"
+        "except DetectorError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "opencv"
+    assert out[1] == ("detector engine onnxruntime needs onnxruntime; pip install onnxruntime onnx, "
+                      "or use --detector-engine opencv")
+
+
+def test_free_size_model_is_cached_once(yunet_model: Path, _isolated_cache: Path, pexels_frame: np.ndarray) -> None:
+    first = detect.free_size_model(str(yunet_model))
+    assert Path(first).parent == _isolated_cache and Path(first).is_file()
+    stamp = Path(first).stat().st_mtime_ns
+    assert detect.free_size_model(str(yunet_model)) == first and Path(first).stat().st_mtime_ns == stamp
+    assert not list(_isolated_cache.glob("*.tmp"))
+    assert len(YuNetDetector(yunet_model, engine="onnxruntime").detect(pexels_frame)) == 1
+
+
+def test_free_size_model_without_a_writable_cache(yunet_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  pexels_frame: np.ndarray) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FER_CACHE_DIR", str(blocker / "cache"))  # mkdir under a file fails
+    model = detect.free_size_model(str(yunet_model))
+    assert isinstance(model, bytes) and len(model) > 200_000
+    assert len(YuNetDetector(yunet_model, engine="onnxruntime").detect(pexels_frame)) == 1
 
 
 # --------------------------------------------------------------------------------------------------

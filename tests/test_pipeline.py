@@ -156,7 +156,8 @@ def test_probabilities_and_schema(segmented_run):
     assert schema.remove_metadata().equals(FACES_SCHEMA.remove_metadata())
     meta = read_run_metadata(schema)
     assert meta["model"].startswith("tiny-test@")
-    assert meta["detector"]["name"] == "yunet"
+    assert meta["detector"]["name"] == "yunet" and meta["detector"]["engine"] == "onnxruntime"  # the run says what ran it
+    assert meta["options"]["detector_engine"] == "auto"
     assert meta["options"]["fps"] == opts.fps
     # The detection schedule: auto by default, with its settings.
     assert meta["options"]["detect_every"] == 0 and meta["detect_schedule"]["detect_every"] == 0
