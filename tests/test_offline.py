@@ -1,8 +1,10 @@
 """The annotation job as a new user on a machine without internet runs it: no network, no FER_YUNET_MODEL, an
-empty HOME (no cache). The detector shipped inside the package must be used, not Haar."""
+empty HOME (no cache). The detector shipped inside the package must be used, not Haar, and nothing fetched: the
+only file the run may leave in the cache is ONNX Runtime's free-size copy of that packaged model."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fer_core.detect import PACKAGED_YUNET
 from fer_core.schema import read_run_metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,4 +55,11 @@ def test_offline_run_uses_the_packaged_yunet(videos_dir: Path, tmp_path: Path) -
     # One person on screen: one face per sampled frame (Haar found 30 in 25 frames here).
     seen = faces.dropna(subset=["face_index"])
     assert len(seen) >= 8 and seen.groupby("frame_index").size().max() == 1
-    assert not any(home.iterdir()) or not (home / ".cache" / "fer_core").exists()  # nothing downloaded or cached
+    cache = home / ".cache" / "fer_core"
+    cached = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    engine = meta["detector"]["engine"]
+    if engine == "onnxruntime":  # derived locally from the packaged file, named by that file's digest
+        digest = hashlib.sha256(PACKAGED_YUNET.read_bytes()).hexdigest()[:16]
+        assert cached == [f"yunet-free-size-{digest}.onnx"]
+    else:
+        assert cached == []
