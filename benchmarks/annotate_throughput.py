@@ -7,7 +7,7 @@ settings, every core, the same segments as the job: the old ceiling), (3) the wh
 ``--detect-every 1`` (the full detector on every sampled frame, as before the tracking-driven schedule) and (4) at
 the job's default schedule (``--detect-every 0``, auto), with the ratios whole / ceiling; the faces each job found
 against the full detector on every sampled frame of (2) (recall and precision at IoU >= 0.5) and the track
-switches of (4) against (3); then the classifier's faces/s on the CPU (one thread and every thread, batch 64) and
+switches of (4) against (3) and the track ids each job gave; then the classifier's faces/s on the CPU (one thread and every thread, batch 64) and
 on the GPU when there is one; on the CPU in float32, in bf16 where the CPU has it and in the job's default
 precision (int8 where the model carries its calibration). The ceiling is measured with decord and with PyAV, each
 decoding every frame (at ``--fps 5`` too), and the faster counts; when sampling, PyAV decoding only the kept frames
@@ -198,7 +198,9 @@ def main(
             started = time.perf_counter()
             summary = annotate(files, out, opts, detector=detector, model_bytes=None)
             wall = time.perf_counter() - started
-            jobs[every] = _job_boxes(pd.read_parquet(Path(out) / "faces"))
+            faces_table = pd.read_parquet(Path(out) / "faces")
+            jobs[every] = _job_boxes(faces_table)
+        tracks = faces_table.dropna(subset=["track_id"]).groupby("video_path").track_id.nunique()
         name = f"detect_every_{every}"
         res[f"job_{name}_fps"] = summary.frames / wall
         res[f"job_{name}_seconds"] = wall
@@ -208,10 +210,12 @@ def main(
                           if "_opencv" in ceilings else "")
         recall, precision = _recall_precision(reference, jobs[every])
         res[f"job_{name}_recall"], res[f"job_{name}_precision"] = recall, precision
+        res[f"job_{name}_tracks"] = int(tracks.sum())
         label = "auto" if every == 0 else str(every)
         print(f"whole job, --detect-every {label:<4} {summary.frames / wall:8.1f} frames/s  ({summary.faces} faces, "
               f"{wall:.1f} s incl. planning and actor start); ratio to the ceiling {res[f'ratio_job_{name}_to_ceiling']:.2f}{against_opencv}; "
-              f"recall {recall:.4f}, precision {precision:.4f} against the full detector on every sampled frame", flush=True)
+              f"recall {recall:.4f}, precision {precision:.4f} against the full detector on every sampled frame; "
+              f"{int(tracks.sum())} track ids", flush=True)
     ray.shutdown()
     if 1 in jobs:
         for every in (e for e in jobs if e != 1):

@@ -60,6 +60,9 @@ class AnnotateOptions:
     """IoU needed to continue a face track between sampled frames."""
     track_max_age_s: float = 1.0
     """A track unmatched for longer than this ends; the face gets a new track id."""
+    track_max_shift: float = 0.5
+    """Where the IoU falls short, a face still continues a track of about its size whose centre is within this
+    many of its box's larger sides (fast motion between sampled frames); 0 = IoU only."""
     decode_labels: tuple[str, ...] = ()
     """Ray node labels (KEY=VALUE) the decode + detect tasks must run on, e.g. a CPU worker group."""
     classify_labels: tuple[str, ...] = ()
@@ -86,6 +89,7 @@ class AnnotateOptions:
             (0 < self.classifier_cpus <= 64, "--classifier-cpus", "must be in (0, 64]"),
             (0 < self.track_iou < 1, "--track-iou", "must be in (0, 1)"),
             (self.track_max_age_s >= 0, "--track-max-age-s", "must be >= 0"),
+            (0 <= self.track_max_shift < 1, "--track-max-shift", "must be in [0, 1) (box sides; 0 = IoU only)"),
         ]
         for flag, labels in (("--decode-label", self.decode_labels), ("--classify-label", self.classify_labels)):
             for label in labels:

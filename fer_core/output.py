@@ -66,11 +66,13 @@ class VideoResult:
 class Assembler:
     """Collects classified rows per video and finishes a video once all its segments are in."""
 
-    def __init__(self, *, detector: str, model: str, track_iou: float, track_max_age_s: float) -> None:
+    def __init__(self, *, detector: str, model: str, track_iou: float, track_max_age_s: float,
+                 track_max_shift: float = 0.5) -> None:
         self.detector = detector
         self.model = model
         self.track_iou = track_iou
         self.track_max_age_s = track_max_age_s
+        self.track_max_shift = track_max_shift
         self.videos: dict[str, _VideoState] = {}
         self.finished: set[str] = set()
 
@@ -158,7 +160,8 @@ class Assembler:
         n = len(order)
         is_face = cols["kind"] == KIND_FACE if n else np.zeros(0, bool)
         track = np.full(n, -1, dtype=np.int64)
-        tracker = IoUTracker(iou_threshold=self.track_iou, max_age_s=self.track_max_age_s)
+        tracker = IoUTracker(iou_threshold=self.track_iou, max_age_s=self.track_max_age_s,
+                             max_shift=self.track_max_shift)
         frame_index = cols["frame_index"]
         boundaries = np.flatnonzero(np.diff(frame_index)) + 1 if n else np.zeros(0, int)
         for idx in np.split(np.arange(n), boundaries):

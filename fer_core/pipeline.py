@@ -491,7 +491,8 @@ def _run_pipeline(
     )
     ds = _classify_stage(ds, opts, resources, checkpoint_files)
     assembler = Assembler(
-        detector=detector.name, model=model_id, track_iou=opts.track_iou, track_max_age_s=opts.track_max_age_s
+        detector=detector.name, model=model_id, track_iou=opts.track_iou, track_max_age_s=opts.track_max_age_s,
+        track_max_shift=opts.track_max_shift,
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield from assembler.add(batch)

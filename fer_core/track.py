@@ -49,24 +49,32 @@ class IoUTracker:
     """Links boxes across frames of one video by IoU with each track's last box.
 
     Each call to `update` matches the frame's boxes to live tracks greedily, highest IoU first, accepting pairs
-    whose IoU is at least `iou_threshold`; unmatched boxes start new tracks, numbered 0, 1, 2, ... in the order
-    they appear. A track not matched for more than `max_age_s` seconds ends; a face that comes back later gets
-    a new id. Use one tracker per video.
+    whose IoU is at least `iou_threshold`. A box left over may then continue a track left over whose last box is
+    about its size (sides within 1.5x) and whose centre is within `max_shift` of that box's larger side, nearest
+    first: a face that moved fast between two sampled frames (at 5 fps, or a head turned quickly) keeps its id
+    where the IoU alone falls just short. Boxes still unmatched start new tracks, numbered 0, 1, 2, ... in the
+    order they appear. A track not matched for more than `max_age_s` seconds ends; a face that comes back later
+    gets a new id. Use one tracker per video.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_age_s: float = 1.0) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_age_s: float = 1.0, max_shift: float = 0.5) -> None:
         """Creates an empty tracker.
 
         Args:
             iou_threshold: Lowest IoU for a box to continue a track.
             max_age_s: Seconds a track survives without a match.
+            max_shift: Farthest a box's centre may lie from a track's last one, in that box's larger sides, to
+                continue it when the IoU falls short; 0 = IoU only.
         """
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_age_s < 0:
             raise ValueError(f"max_age_s must be >= 0, got {max_age_s}")
+        if not 0.0 <= max_shift < 1.0:
+            raise ValueError(f"max_shift must be in [0, 1) (box sides; 0 = IoU only), got {max_shift}")
         self.iou_threshold = float(iou_threshold)
         self.max_age_s = float(max_age_s)
+        self.max_shift = float(max_shift)
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._last_timestamp_s = -np.inf
@@ -100,15 +108,14 @@ class IoUTracker:
 
         ids = np.full(len(boxes), -1, dtype=np.int32)
         if self._tracks and len(boxes):
-            ious = iou_matrix(boxes, np.stack([t.box for t in self._tracks]))
-            # Stable sort on -IoU: ties resolve in row-major (box, track) order, keeping results deterministic.
-            order = np.argsort(-ious, axis=None, kind="stable")
+            last = np.stack([t.box for t in self._tracks])
             box_taken = np.zeros(len(boxes), dtype=bool)
             track_taken = np.zeros(len(self._tracks), dtype=bool)
-            for flat in order:
-                box_index, track_index = divmod(int(flat), len(self._tracks))
-                if ious[box_index, track_index] < self.iou_threshold:
-                    break
+            ious = iou_matrix(boxes, last)
+            pairs = self._greedy(-ious, -self.iou_threshold)
+            if self.max_shift > 0:  # after the IoU pass: the boxes it left may continue the tracks it left
+                pairs += self._greedy(_centre_shift(boxes, last), self.max_shift)
+            for box_index, track_index in pairs:
                 if box_taken[box_index] or track_taken[track_index]:
                     continue
                 box_taken[box_index] = track_taken[track_index] = True
@@ -122,6 +129,33 @@ class IoUTracker:
             ids[box_index] = self._next_id
             self._next_id += 1
         return ids
+
+    @staticmethod
+    def _greedy(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
+        """(box, track) pairs with a cost of at most `limit`, cheapest first; a stable sort resolves ties in
+        row-major (box, track) order, so results are deterministic. The caller skips pairs whose box or track
+        is already taken."""
+        order = np.argsort(cost, axis=None, kind="stable")
+        pairs: list[tuple[int, int]] = []
+        for flat in order:
+            box_index, track_index = divmod(int(flat), cost.shape[1])
+            if cost[box_index, track_index] > limit:
+                break
+            pairs.append((box_index, track_index))
+        return pairs
+
+
+def _centre_shift(boxes: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    """``(N, M)``: distance between each box's centre and each track box's, in the box's larger side; infinite
+    where the two differ in width or height by more than 1.5x (another face, nearer or farther)."""
+    centre = boxes[:, :2] + boxes[:, 2:] / 2
+    track_centre = tracks[:, :2] + tracks[:, 2:] / 2
+    distance = np.linalg.norm(centre[:, None, :] - track_centre[None, :, :], axis=2)
+    side = np.maximum(boxes[:, 2], boxes[:, 3])[:, None]
+    shift = np.divide(distance, side, out=np.full_like(distance, np.inf), where=side > 0)
+    ratio = np.maximum(boxes[:, None, 2:], 1e-9) / np.maximum(tracks[None, :, 2:], 1e-9)
+    alike = ((ratio <= 1.5) & (ratio >= 1 / 1.5)).all(axis=2)
+    return np.where(alike, shift, np.inf)
 
 
 def assign_tracks(

@@ -41,6 +41,38 @@ def test_two_faces_keep_distinct_ids_whatever_their_order() -> None:
         assert tracker.update(np.array(boxes), step * 0.2).tolist() == expected
 
 
+def test_fast_face_keeps_its_id_where_the_iou_falls_short() -> None:
+    # Boxes of simplefr_Video_2.mp4 at --fps 5 (frames 15 and 20): a face moving 40 px down between sampled
+    # frames, IoU 0.2998 with its last box.
+    last, now = np.array([[817, 0, 66, 92]]), np.array([[800, 37, 66, 85]])
+    assert iou_matrix(now, last)[0, 0] < 0.3
+    tracker = IoUTracker()
+    tracker.update(last, 0.63)
+    assert tracker.update(now, 0.83).tolist() == [0]
+    iou_only = IoUTracker(max_shift=0.0)
+    iou_only.update(last, 0.63)
+    assert iou_only.update(now, 0.83).tolist() == [1]
+
+
+def test_the_shift_pass_takes_only_what_iou_left_and_only_faces_of_about_the_same_size() -> None:
+    tracker = IoUTracker()
+    tracker.update(np.array([_box(0, 0), _box(300, 0)]), 0.0)
+    # Box 0 continues track 0 by IoU (0.67). Box 1 is 47 px (0.47 sides) from track 1 at IoU 0.29: the shift pass
+    # gives it track 1. Box 2 overlaps track 0 too (IoU 0.54) but box 0 took it: a track of its own.
+    boxes = np.array([_box(20, 0), _box(333, 33), _box(0, 30)])
+    assert iou_matrix(boxes[1:2], np.array([_box(300, 0)]))[0, 0] < 0.3
+    assert tracker.update(boxes, 0.2).tolist() == [0, 1, 2]
+    # The same centre at twice the size (IoU 0.25): another face, nearer the camera.
+    centred = IoUTracker()
+    centred.update(np.array([_box(0, 0)]), 0.0)
+    assert centred.update(np.array([_box(-50, -50, 200)]), 0.2).tolist() == [1]
+    # Just within max_shift (0.5 of the box's side) and just beyond it.
+    for offset, expected in ((33, 0), (40, 1)):
+        near = IoUTracker()
+        near.update(np.array([_box(0, 0)]), 0.0)
+        assert near.update(np.array([_box(offset, offset)]), 0.2).tolist() == [expected]
+
+
 def test_face_gone_longer_than_max_age_gets_a_new_id() -> None:
     tracker = IoUTracker(max_age_s=1.0)
     face = np.array([_box(0, 0)])
@@ -73,6 +105,8 @@ def test_invalid_settings() -> None:
         IoUTracker(iou_threshold=0.0)
     with pytest.raises(ValueError, match="max_age_s"):
         IoUTracker(max_age_s=-1.0)
+    with pytest.raises(ValueError, match="max_shift"):
+        IoUTracker(max_shift=1.0)
 
 
 def test_assign_tracks_orders_by_time_and_is_deterministic() -> None:
