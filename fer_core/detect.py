@@ -296,7 +296,8 @@ class FaceDetector(ABC):
         return {"name": self.name, "max_side": self.max_side, "min_face_px": self.min_face_px}
 
     def __getstate__(self) -> dict[str, Any]:
-        # OpenCV objects cannot be pickled; they are rebuilt lazily on the other side.
+        # Native objects (OpenCV networks, ONNX Runtime sessions: keys "_cv...") cannot be pickled; they are
+        # rebuilt lazily on the other side.
         return {key: value for key, value in self.__dict__.items() if not key.startswith("_cv")}
 
     def __repr__(self) -> str:
