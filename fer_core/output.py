@@ -67,7 +67,7 @@ class Assembler:
     """Collects classified rows per video and finishes a video once all its segments are in."""
 
     def __init__(self, *, detector: str, model: str, track_iou: float, track_max_age_s: float,
-                 track_max_shift: float = 0.5) -> None:
+                 track_max_shift: float) -> None:
         self.detector = detector
         self.model = model
         self.track_iou = track_iou

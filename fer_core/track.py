@@ -111,18 +111,21 @@ class IoUTracker:
             last = np.stack([t.box for t in self._tracks])
             box_taken = np.zeros(len(boxes), dtype=bool)
             track_taken = np.zeros(len(self._tracks), dtype=bool)
-            ious = iou_matrix(boxes, last)
-            pairs = self._greedy(-ious, -self.iou_threshold)
-            if self.max_shift > 0:  # after the IoU pass: the boxes it left may continue the tracks it left
-                pairs += self._greedy(_centre_shift(boxes, last), self.max_shift)
-            for box_index, track_index in pairs:
-                if box_taken[box_index] or track_taken[track_index]:
-                    continue
-                box_taken[box_index] = track_taken[track_index] = True
-                track = self._tracks[track_index]
-                track.box = boxes[box_index]
-                track.last_seen_s = timestamp_s
-                ids[box_index] = track.track_id
+
+            def take(pairs: list[tuple[int, int]]) -> None:
+                for box_index, track_index in pairs:
+                    if box_taken[box_index] or track_taken[track_index]:
+                        continue
+                    box_taken[box_index] = track_taken[track_index] = True
+                    track = self._tracks[track_index]
+                    track.box = boxes[box_index]
+                    track.last_seen_s = timestamp_s
+                    ids[box_index] = track.track_id
+
+            take(self._greedy(-iou_matrix(boxes, last), -self.iou_threshold))
+            # Then the boxes the IoU pass left may continue the tracks it left (on most frames it leaves none).
+            if self.max_shift > 0 and not box_taken.all() and not track_taken.all():
+                take(self._greedy(_centre_shift(boxes, last), self.max_shift))
 
         for box_index in np.flatnonzero(ids < 0):
             self._tracks.append(_Track(self._next_id, boxes[box_index], timestamp_s))
@@ -159,7 +162,8 @@ def _centre_shift(boxes: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 
 
 def assign_tracks(
-    frames: Sequence[tuple[float, np.ndarray]], *, iou_threshold: float = 0.3, max_age_s: float = 1.0
+    frames: Sequence[tuple[float, np.ndarray]], *, iou_threshold: float = 0.3, max_age_s: float = 1.0,
+    max_shift: float = 0.5,
 ) -> list[np.ndarray]:
     """Runs a fresh `IoUTracker` over the frames of one video.
 
@@ -168,11 +172,12 @@ def assign_tracks(
             tracked in timestamp order (ties keep their given order), e.g. after gathering a video's segments.
         iou_threshold: See `IoUTracker`.
         max_age_s: See `IoUTracker`.
+        max_shift: See `IoUTracker`.
 
     Returns:
         One int32 array of track ids per frame, in the order of `frames`.
     """
-    tracker = IoUTracker(iou_threshold=iou_threshold, max_age_s=max_age_s)
+    tracker = IoUTracker(iou_threshold=iou_threshold, max_age_s=max_age_s, max_shift=max_shift)
     order = sorted(range(len(frames)), key=lambda i: frames[i][0])
     ids: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(frames)
     for i in order:

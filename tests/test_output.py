@@ -60,7 +60,7 @@ def _batch(task: SegmentTask, rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _assembler() -> Assembler:
-    return Assembler(detector="yunet", model="m@1", track_iou=0.3, track_max_age_s=1.0)
+    return Assembler(detector="yunet", model="m@1", track_iou=0.3, track_max_age_s=1.0, track_max_shift=0.5)
 
 
 def test_video_completes_only_when_all_segments_and_rows_are_in():
