@@ -384,6 +384,9 @@ def test_output_location_fails_mid_run(cluster, job_args, clean, s3_server):
 
     s3_server.start()  # the output location is back
     faces, videos = _tables("fer-faults/timelines", filesystem=fs)
+    # Where the server stopped between a video's two files, its faces file exists without its videos row: not
+    # committed, and skipped by readers (load_timelines) as the README says; the resume below replaces it.
+    faces = faces[faces.video_id.isin(videos.video_id)].reset_index(drop=True)
     assert 1 <= len(videos) < len(CLIPS), "the failure came too late to interrupt anything"
     for row in videos.itertuples():  # every committed video intact
         rows = faces[faces.video_id == row.video_id]
