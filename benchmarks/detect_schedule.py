@@ -3,10 +3,11 @@
     python benchmarks/detect_schedule.py --videos ../shared/data/videos --fps 0 \
         --config 2.5,64,640 --config 2.5,160,640 --config 2.5,64,320
 
-Each ``--config`` is ``window,window_face_px,full_side[,rescore_below]``: the search window in box sides, the face
-size windows are downscaled to, the longest side of the image full detections run on (640 = the detector's own;
-less tests item 2 of issue 11, full detections on a smaller image; windows keep the detector's scale) and the score
-below which a face found in its window gets a full detection next (the job's 0.85). Every video is decoded
+Each ``--config`` is ``window,window_face_px,full_side[,rescore_below[,keep_lost_s]]``: the search window in box
+sides, the face size windows are downscaled to, the longest side of the image full detections run on (640 = the
+detector's own; less tests item 2 of issue 11, full detections on a smaller image; windows keep the detector's
+scale), the score below which a face found in its window gets a full detection next (the job's 0.85) and how long
+a face no full detection finds again keeps its window searched (the job's ``track_max_age_s``, 1.0; 0 = not). Every video is decoded
 once, in one process with one OpenCV thread, and each frame goes through the full detector (the reference) and
 through one `ScheduledDetector` per setting at the job's auto interval. Prints for each setting the detection time
 against the reference's, the full detections by reason and the window searches, face recall and precision against
@@ -41,22 +42,23 @@ class _Scaled:
         return self.windows.detect_region(*args, **kwargs)
 
 
-def _parse(config: str) -> tuple[float, int, int, float]:
+def _parse(config: str) -> tuple[float, int, int, float, float]:
     try:
         window, face_px, side, *rest = config.split(",")
-        if len(rest) > 1:
+        if len(rest) > 2:
             raise ValueError
-        return float(window), int(face_px), int(side), float(rest[0]) if rest else 0.85
+        rescore_below, keep_lost_s = (float(v) for v in rest + ["0.85", "1.0"][len(rest):])
+        return float(window), int(face_px), int(side), rescore_below, keep_lost_s
     except ValueError:
-        raise typer.BadParameter(f"--config {config!r}: expected window,window_face_px,full_side[,rescore_below], "
-                                 "e.g. 2.5,64,640 or 2.5,64,640,0.75")
+        raise typer.BadParameter(f"--config {config!r}: expected window,window_face_px,full_side[,rescore_below"
+                                 "[,keep_lost_s]], e.g. 2.5,64,640 or 2.5,64,640,0.75 or 2.5,64,640,0.85,0")
 
 
 @app.command()
 def main(
     videos: Path = typer.Option(Path("../shared/data/videos"), help="Folder of videos."),
     fps: float = typer.Option(0.0, help="Sampling rate (0 = every frame)."),
-    config: list[str] = typer.Option(["2.5,64,640", "2.5,160,640"], help="window,window_face_px,full_side[,rescore_below] (repeatable; rescore_below defaults to the job's 0.85)."),
+    config: list[str] = typer.Option(["2.5,64,640", "2.5,160,640"], help="window,window_face_px,full_side[,rescore_below[,keep_lost_s]] (repeatable; the job's 0.85 and 1.0 by default)."),
     detector_model: str = typer.Option(None, help="YuNet ONNX (default: resolved as the job does)."),
 ) -> None:
     import cv2
@@ -72,7 +74,7 @@ def main(
     reference = create_detector("auto", detector_model)
     full_detectors = {side: reference if side == reference.max_side else _Scaled(
         create_detector("auto", detector_model, max_side=side), reference) for side in {s[2] for s in settings}}
-    stats = {s: {"t": 0.0, "hit": 0, "ref": 0, "got": 0, "reasons": {}, "windows": 0, "roll": [], "yaw": [], "pitch": []}
+    stats = {s: {"t": 0.0, "hit": 0, "ref": 0, "got": 0, "reasons": {}, "windows": 0, "found_again": 0, "roll": [], "yaw": [], "pitch": []}
              for s in settings}
     per_video: dict[tuple, list[int]] = {}
     reference_s = 0.0
@@ -80,7 +82,7 @@ def main(
     for path in list_inputs([str(videos)]):
         every = detect_every_for(0, fps, probe(path).fps)
         schedules = {s: ScheduledDetector(full_detectors[s[2]], every, window=s[0], window_face_px=s[1],
-                                           rescore_below=s[3]) for s in settings}
+                                           rescore_below=s[3], keep_lost_s=s[4]) for s in settings}
         for frame in iter_frames(path, sample_fps=fps):
             frames += 1
             image = frame.image
@@ -91,7 +93,7 @@ def main(
             for setting, schedule in schedules.items():
                 full_before = schedule.stats.full
                 started = time.perf_counter()
-                found = schedule.detect(image)
+                found = schedule.detect(image, frame.timestamp_s)
                 row = stats[setting]
                 row["t"] += time.perf_counter() - started
                 row["ref"] += len(truth)
@@ -119,6 +121,7 @@ def main(
                 counts[1] += len(truth)
         for setting, schedule in schedules.items():
             stats[setting]["windows"] += schedule.stats.windows
+            stats[setting]["found_again"] += schedule.stats.found_again
             for reason, count in schedule.stats.reasons.items():
                 stats[setting]["reasons"][reason] = stats[setting]["reasons"].get(reason, 0) + count
 
@@ -133,9 +136,10 @@ def main(
 
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items(), key=lambda kv: -kv[1]))
         print(f"window {setting[0]:g}, {setting[1]} px of face, full detections at {setting[2]}, rescore below "
-              f"{setting[3]:g}: {row['t']:.1f} s "
+              f"{setting[3]:g}, lost faces searched for {setting[4]:g} s: {row['t']:.1f} s "
               f"({reference_s / max(row['t'], 1e-9):.2f}x the full detector on every frame); full detections "
-              f"{sum(row['reasons'].values())} ({reasons}), window searches {row['windows']}; recall "
+              f"{sum(row['reasons'].values())} ({reasons}), window searches {row['windows']} (lost faces found again "
+              f"{row['found_again']}); recall "
               f"{row['hit'] / max(1, row['ref']):.4f}, precision {row['hit'] / max(1, row['got']):.4f}; landmark "
               f"differences on window frames, mean/p95 degrees: roll {spread('roll')}, yaw {spread('yaw')}, "
               f"pitch {spread('pitch')}", flush=True)

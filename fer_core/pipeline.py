@@ -399,7 +399,7 @@ def annotate(
         "model_arch": meta.arch,
         "model_tta": meta.tta,
         "detector": detector.describe(),
-        "detect_schedule": schedule_description(opts.detect_every),
+        "detect_schedule": schedule_description(opts.detect_every, opts.track_max_age_s),
         "options": opts.to_dict(),
         "resources": resources,
     }

@@ -15,6 +15,14 @@ Consecutive sampled frames barely change, and a face found at one frame sits nea
   detection then runs on that same frame, so nothing the full detector would have found is missed there,
 - on the frame after a face was found again with a score below ``rescore_below`` (it is losing confidence).
 
+A face that a full detection no longer finds (one that flickers below the detector's threshold, or turns away for a
+moment) is not forgotten at once: given frame times, its window is still searched on the frames between full
+detections for ``keep_lost_s`` seconds (the tracker's ``track_max_age_s``, so that a face found again there keeps
+its track id), and it is returned only once found again. On the 13 shared videos this took the track switches
+against the full detector on every frame from 1 to 0 at ``--fps 0`` and at ``--fps 5``: the switches were a face
+in the crowd that the full detector found on 4 of 21 frames, none of them the schedule's full detections, and a
+face on stage missed by one full detection and not searched again for 1.2 s.
+
 In between, each face of the previous frame is searched for in a square window ``window`` times its box side,
 cut from the full-resolution frame and downscaled by the same factor as a full detection, so the network sees the
 face at the scale it would in a full detection and gives the same boxes, landmarks and scores; a large face's
@@ -60,11 +68,13 @@ def detect_every_for(detect_every: int, sample_fps: float, video_fps: float) -> 
     return max(1, math.ceil(AUTO_INTERVAL_S * rate - 1e-9))
 
 
-def schedule_description(detect_every: int) -> dict[str, Any]:
-    """What the run metadata records of the detection schedule (the window settings are the defaults)."""
+def schedule_description(detect_every: int, keep_lost_s: float) -> dict[str, Any]:
+    """What the run metadata records of the detection schedule (the window settings are the defaults; the job
+    keeps a lost face searched for its ``track_max_age_s``)."""
     defaults = ScheduledDetector.__init__.__kwdefaults__
     return {"detect_every": int(detect_every), "auto_interval_s": AUTO_INTERVAL_S if detect_every == 0 else None,
-            **{key: defaults[key] for key in ("window", "window_face_px", "cut_threshold", "rescore_below", "match_iou")}}
+            **{key: defaults[key] for key in ("window", "window_face_px", "cut_threshold", "rescore_below", "match_iou")},
+            "keep_lost_s": float(keep_lost_s)}
 
 
 @dataclass
@@ -76,6 +86,7 @@ class ScheduleStats:
     windows: int = 0
     cuts: int = 0
     lost: int = 0
+    found_again: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,6 +102,8 @@ class ScheduledDetector:
         rescore_below: A face found again in its window with a score below this gets a full detection on the
             next frame.
         match_iou: A window detection continues a face when its box overlaps the face's last box by this IoU.
+        keep_lost_s: Seconds a face no longer found keeps its window searched between full detections, when
+            `detect` is given frame times (0 = not at all).
         window_face_px: Windows are downscaled further where needed so the face in them is at most about this
             many pixels (a large face needs no more to be found again, and the window costs far less). On the 13
             shared videos at every frame (`benchmarks/detect_schedule.py`), against the full detector on every
@@ -99,11 +112,14 @@ class ScheduledDetector:
     """
 
     def __init__(self, detector: FaceDetector, every: int = 1, *, window: float = 2.5, cut_threshold: float = 30.0,
-                 rescore_below: float = 0.85, match_iou: float = 0.3, window_face_px: int = 64) -> None:
+                 rescore_below: float = 0.85, match_iou: float = 0.3, window_face_px: int = 64,
+                 keep_lost_s: float = 1.0) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (1 = the full detector on every frame), got {every}")
         if window < 1.2:
             raise ValueError(f"window must be at least 1.2 box sides, got {window}")
+        if not keep_lost_s >= 0:
+            raise ValueError(f"keep_lost_s must be >= 0 seconds (0 = forget a lost face at once), got {keep_lost_s}")
         self.detector = detector
         self.every = int(every)
         self.window = float(window)
@@ -111,9 +127,16 @@ class ScheduledDetector:
         self.rescore_below = float(rescore_below)
         self.match_iou = float(match_iou)
         self.window_face_px = int(window_face_px)
+        self.keep_lost_s = float(keep_lost_s)
         self.stats = ScheduleStats()
         self._live = Detections.empty()
         self._anchor_roll = np.zeros(0, np.float32)  # each live face's roll at its last full detection
+        self._seen_s = np.zeros(0)  # each live face's last frame time (NaN without times)
+        # Faces a full detection no longer found: last box, roll and time; searched in windows until keep_lost_s.
+        self._lost_boxes = np.zeros((0, 4), np.float32)
+        self._lost_roll = np.zeros(0, np.float32)
+        self._lost_s = np.zeros(0)
+        self._now = float("nan")
         self._since_full = 0
         self._full_next = True
         self._interval = 1
@@ -141,14 +164,57 @@ class ScheduledDetector:
         )
         surprise = appeared or reason in ("face lost", "scene cut", "first frame")
         self._interval = 1 if surprise else min(self.every, self._interval * 2)
+        if reason == "scene cut":
+            self._forget_lost()
+        else:
+            self._keep_lost(found)
         self._live = found
         self._anchor_roll = roll_from_eyes(found.landmarks)
+        self._seen_s = np.full(len(found), self._now)
         self._full_next = bool(len(found)) and bool((found.scores < self.rescore_below).any())
         return found
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """The faces in the next sampled frame of the stream (same contract as `FaceDetector.detect`)."""
+    def _keep_lost(self, found: Detections) -> None:
+        """After a full detection: the live and lost faces it did not find again are (still) lost, those it found
+        are not; lost faces older than ``keep_lost_s`` are forgotten. Without frame times nothing is kept."""
+        if not (self.keep_lost_s > 0 and self._now == self._now and self.every > 1):
+            self._forget_lost()
+            return
+        boxes = np.concatenate([self._live.boxes.astype(np.float32), self._lost_boxes])
+        rolls = np.concatenate([self._anchor_roll.astype(np.float32), self._lost_roll])
+        seen = np.concatenate([self._seen_s, self._lost_s])
+        missing = np.ones(len(boxes), bool)
+        if len(boxes) and len(found):
+            missing = iou_matrix(boxes, found.boxes).max(axis=1) < self.match_iou
+        keep = missing & (self._now - seen <= self.keep_lost_s)
+        self._lost_boxes, self._lost_roll, self._lost_s = boxes[keep], rolls[keep], seen[keep]
+
+    def _forget_lost(self, which: np.ndarray | None = None) -> None:
+        """Stops searching for the lost faces marked in `which` (all by default)."""
+        keep = np.zeros(len(self._lost_s), bool) if which is None else ~which
+        self._lost_boxes, self._lost_roll, self._lost_s = self._lost_boxes[keep], self._lost_roll[keep], self._lost_s[keep]
+
+    def _search(self, image: np.ndarray, box: np.ndarray, roll_deg: float) -> Detections | None:
+        """The detection in the face's window that continues `box` (IoU >= ``match_iou``), or None."""
+        side = self.window * float(max(box[2], box[3]))
+        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+        self.stats.windows += 1
+        found = self.detector.detect_region(image, np.array([cx - side / 2, cy - side / 2, side, side]),
+                                            max_side=round(self.window * self.window_face_px), roll_deg=roll_deg)
+        if len(found):
+            overlap = iou_matrix(box[None, :], found.boxes)[0]
+            best = int(np.argmax(overlap))
+            if overlap[best] >= self.match_iou:
+                return found[best]
+        return None
+
+    def detect(self, image: np.ndarray, timestamp_s: float | None = None) -> Detections:
+        """The faces in the next sampled frame of the stream (same contract as `FaceDetector.detect`).
+
+        ``timestamp_s``, the frame's time, lets a face that a full detection no longer finds keep its window
+        searched for ``keep_lost_s`` (without it, a lost face is forgotten at once)."""
         self.stats.frames += 1
+        self._now = float("nan") if timestamp_s is None else float(timestamp_s)
         thumb = self._thumbnail(image) if self.every > 1 else None
         previous, self._thumb = self._thumb, thumb
         if self.every == 1:
@@ -163,39 +229,41 @@ class ScheduledDetector:
             return self._full(image, "interval")
         if self._full_next:
             return self._full(image, "low score")
-        if len(self._live) == 0:
+        self._forget_lost(self._now - self._lost_s > self.keep_lost_s)
+        if len(self._live) == 0 and len(self._lost_boxes) == 0:
             return self._live
         kept: list[Detections] = []
         anchors: list[float] = []
         for i in range(len(self._live)):
-            box = self._live.boxes[i]
-            side = self.window * float(max(box[2], box[3]))
-            cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-            self.stats.windows += 1
-            found = self.detector.detect_region(image, np.array([cx - side / 2, cy - side / 2, side, side]),
-                                                max_side=round(self.window * self.window_face_px),
-                                                roll_deg=float(self._anchor_roll[i]))
-            if len(found):
-                overlap = iou_matrix(box[None, :], found.boxes)[0]
-                best = int(np.argmax(overlap))
-                if overlap[best] >= self.match_iou:
-                    kept.append(found[best])
-                    anchors.append(float(self._anchor_roll[i]))
-                    continue
-            self.stats.lost += 1
-            return self._full(image, "face lost")
+            again = self._search(image, self._live.boxes[i], float(self._anchor_roll[i]))
+            if again is None:
+                self.stats.lost += 1
+                return self._full(image, "face lost")
+            kept.append(again)
+            anchors.append(float(self._anchor_roll[i]))
+        still_lost = np.ones(len(self._lost_boxes), bool)
+        for i in range(len(self._lost_boxes)):
+            again = self._search(image, self._lost_boxes[i], float(self._lost_roll[i]))
+            if again is not None:
+                self.stats.found_again += 1
+                still_lost[i] = False
+                kept.append(again)
+                anchors.append(float(self._lost_roll[i]))
+        self._forget_lost(~still_lost)
         merged = _concat(kept)
         order = _unique_by_score(merged, 0.5)
         merged = merged[order]
         self._live = merged
         self._anchor_roll = np.array(anchors, np.float32)[order]
+        self._seen_s = np.full(len(merged), self._now)
         self._full_next = bool((merged.scores < self.rescore_below).any())
         return merged
 
     def describe(self) -> dict[str, Any]:
         """The schedule's settings, to record beside the detector's."""
         return {"detect_every": self.every, "window": self.window, "window_face_px": self.window_face_px,
-                "cut_threshold": self.cut_threshold, "rescore_below": self.rescore_below, "match_iou": self.match_iou}
+                "cut_threshold": self.cut_threshold, "rescore_below": self.rescore_below, "match_iou": self.match_iou,
+                "keep_lost_s": self.keep_lost_s}
 
 
 def _concat(parts: list[Detections]) -> Detections:

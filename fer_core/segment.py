@@ -189,13 +189,15 @@ def process_segment(
     batch = _Batch(task, crop_shape)
     rows = frames = 0
     # A fresh schedule per segment: each starts with a full detection, so segments stay independent.
-    scheduled = ScheduledDetector(detector, detect_every_for(opts.detect_every, opts.fps, task.fps))
+    # A lost face's window is searched as long as the tracker would continue its track.
+    scheduled = ScheduledDetector(detector, detect_every_for(opts.detect_every, opts.fps, task.fps),
+                                  keep_lost_s=opts.track_max_age_s)
     with video.localize(task.video_path) as local:
         for frame in video.iter_frames(
             local, sample_fps=opts.fps, start_s=task.start_s, end_s=task.end_s, decoder=opts.decoder
         ):
             frames += 1
-            dets = scheduled.detect(frame.image)
+            dets = scheduled.detect(frame.image, frame.timestamp_s)
             if len(dets) == 0:
                 batch.add(KIND_NOFACE, frame.frame_index, frame.timestamp_s, -1, None, float("nan"), None)
             else:

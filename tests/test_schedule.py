@@ -115,6 +115,42 @@ def test_a_face_that_leaves_is_dropped_not_kept_as_a_stale_box(detector, face) -
     assert len(scheduled.detect(_frame(None))) == 0 and scheduled.stats.windows == windows
 
 
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_face_a_full_detection_missed_is_searched_again_while_its_track_lives(detector, face, timed: bool) -> None:
+    # The case of face_recognition_short_hamilton_clip.mp4 at --fps 5: a full detection misses a face for one frame;
+    # the next frame is a window frame, where nothing was followed, so the face stayed unseen until the next full
+    # detection. Given frame times, its window is still searched.
+    scheduled = ScheduledDetector(detector, 2, cut_threshold=1000.0)
+    when = (lambda i: 0.2 * i) if timed else (lambda i: None)
+    # Full detections at frames 0 (first), 1 and 3 (the interval, doubled to 2), a window at frame 2.
+    for i in range(3):
+        assert len(scheduled.detect(_frame(face, 100 + 4 * i), when(i))) == 1
+    assert len(scheduled.detect(_frame(None), when(3))) == 0 and scheduled.stats.full == 3
+    windows = scheduled.stats.windows
+    back = scheduled.detect(_frame(face, 116), when(4))
+    assert scheduled.stats.full == 3  # frame 4 is a window frame
+    if timed:
+        assert len(back) == 1 and abs(_centre_x(back) - (116 + 75)) < 15
+        assert scheduled.stats.found_again == 1 and scheduled.stats.windows == windows + 1
+    else:  # without frame times a lost face is forgotten at once: found at the next full detection only
+        assert len(back) == 0 and scheduled.stats.found_again == 0 and scheduled.stats.windows == windows
+    assert len(scheduled.detect(_frame(face, 120), when(5))) == 1 and scheduled.stats.full == 4
+
+
+def test_a_lost_face_is_searched_for_keep_lost_s_and_never_returned_as_a_stale_box(detector, face) -> None:
+    scheduled = ScheduledDetector(detector, 50, cut_threshold=1000.0, keep_lost_s=0.35)
+    for i in range(8):
+        assert len(scheduled.detect(_frame(face, 100), 0.1 * i)) == 1
+    assert len(scheduled.detect(_frame(None), 0.8)) == 0 and scheduled.stats.reasons["face lost"] == 1
+    searched = []
+    for i in range(9, 14):  # a full detection at 0.9 s (after the lost face, the next frame gets one), then windows
+        windows = scheduled.stats.windows
+        assert len(scheduled.detect(_frame(None), 0.1 * i)) == 0
+        searched.append(scheduled.stats.windows - windows)
+    # Last seen at 0.7 s: searched at 1.0 and 1.1 s, not after 1.05 s (0.7 + 0.35).
+    assert searched == [0, 1, 0, 0, 0] and scheduled.stats.found_again == 0
+
+
 def test_a_face_that_jumps_out_of_its_window_is_found_where_it_went(detector, face) -> None:
     scheduled = ScheduledDetector(detector, 50, cut_threshold=1000.0)
     for _ in range(8):
@@ -140,12 +176,15 @@ def test_options_and_auto_interval() -> None:
         ScheduledDetector(create_detector("auto"), 0)
     with pytest.raises(ValueError, match="window must be at least"):
         ScheduledDetector(create_detector("auto"), 4, window=1.0)
+    with pytest.raises(ValueError, match="keep_lost_s must be >= 0"):
+        ScheduledDetector(create_detector("auto"), 4, keep_lost_s=-1.0)
     assert AUTO_INTERVAL_S == 0.25
     assert detect_every_for(0, 0.0, 30.0) == 8  # every frame of a 30 fps video
     assert detect_every_for(0, 5.0, 30.0) == 2  # --fps 5
     assert detect_every_for(0, 5.0, 2.0) == 1  # a 2 fps video sampled at 5: every frame, 0.5 s apart
     assert detect_every_for(0, 0.0, float("nan")) == 1  # a still image
     assert detect_every_for(3, 5.0, 30.0) == 3
-    description = schedule_description(0)
+    description = schedule_description(0, 1.0)
+    assert description["keep_lost_s"] == 1.0
     assert description["detect_every"] == 0 and description["auto_interval_s"] == AUTO_INTERVAL_S
-    assert schedule_description(1)["auto_interval_s"] is None
+    assert schedule_description(1, 1.0)["auto_interval_s"] is None

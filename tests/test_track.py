@@ -73,6 +73,23 @@ def test_the_shift_pass_takes_only_what_iou_left_and_only_faces_of_about_the_sam
         assert near.update(np.array([_box(offset, offset)]), 0.2).tolist() == [expected]
 
 
+def test_a_track_unseen_longer_reaches_farther() -> None:
+    # Boxes of facenet_pytorch_crowd.mp4 at every frame: a face walking through the crowd that the full detector found
+    # on 4 of the 21 frames after 3.2 s; the schedule saw it at 3.2 s and next at 4.0 s, 0.62 box sides away.
+    last, now = np.array([[450, 615, 96, 120]]), np.array([[377, 548, 110, 140]])
+    tracker = IoUTracker()
+    tracker.update(last, 3.2)
+    assert tracker.update(now, 4.0).tolist() == [0]
+    # The same shift 0.2 s later is too far (the reach is max_shift up to REACH_AFTER_S), and so is twice the
+    # shift 0.8 s later (the reach grows by max_shift a second beyond it: 0.8 sides then).
+    soon = IoUTracker()
+    soon.update(last, 3.2)
+    assert soon.update(now, 3.4).tolist() == [1]
+    far = IoUTracker()
+    far.update(last, 3.2)
+    assert far.update(now + np.array([[-73, -67, 0, 0]]), 4.0).tolist() == [1]
+
+
 def test_face_gone_longer_than_max_age_gets_a_new_id() -> None:
     tracker = IoUTracker(max_age_s=1.0)
     face = np.array([_box(0, 0)])
