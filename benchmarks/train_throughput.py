@@ -4,7 +4,8 @@
 
 For each model it runs a few steps of :func:`training.loop.train_one_epoch` (train preset on the device, mixup,
 label smoothing, SGD, the one-cycle schedule) with the model in the default memory format and in channels_last
-(what the Ray Train worker uses on the CPU), on the CPU, and on the GPU when there is one. One warm-up step is
+(what the Ray Train worker uses on the CPU), on the CPU, and on the GPU when there is one; on a CPU with native bf16
+also in bf16 autocast (the ``cpu_bf16`` config key), channels_last. One warm-up step is
 not timed. Absolute numbers drift on shared machines: compare the rows of one run.
 """
 
@@ -23,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def measure(model_name: str, *, device: str, channels_last: bool, batch_size: int, steps: int, seed: int = 0) -> dict:
+def measure(model_name: str, *, device: str, channels_last: bool, batch_size: int, steps: int, seed: int = 0,
+            cpu_bf16: bool = False) -> dict:
     """Images per second over ``steps`` training steps of ``model_name`` (after one untimed warm-up step)."""
     import torch
 
@@ -32,7 +34,8 @@ def measure(model_name: str, *, device: str, channels_last: bool, batch_size: in
     from training.config import load_config
     from training.loop import Schedule, build_optimizer, train_one_epoch, train_preset_of
 
-    cfg = load_config(None, {"model": model_name, "batch_size": batch_size, "epochs": 1, "seed": seed})
+    cfg = load_config(None, {"model": model_name, "batch_size": batch_size, "epochs": 1, "seed": seed,
+                             "cpu_bf16": cpu_bf16})
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=NUM_CLASSES, in_channels=cfg.channels).to(dev)
@@ -59,6 +62,7 @@ def measure(model_name: str, *, device: str, channels_last: bool, batch_size: in
         "model": model_name,
         "device": device,
         "channels_last": channels_last,
+        "precision": "bf16" if device == "cuda" or cpu_bf16 else "fp32",
         "batch_size": batch_size,
         "steps": steps,
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
@@ -92,19 +96,24 @@ def main(
     if unknown:
         typer.echo(f"error: unknown models {unknown}; known models: {', '.join(list_models())}", err=True)
         raise typer.Exit(1)
-    settings = [("cpu", batch_size)] if cpu else []
+    from fer_core.checkpoint import cpu_has_native_bf16
+
+    # (device, batch, channels_last, cpu_bf16): bf16 autocast (the cpu_bf16 config key) where the CPU has native bf16.
+    settings = [("cpu", batch_size, layout, False) for layout in (False, True)] if cpu else []
+    if cpu and cpu_has_native_bf16():
+        settings.append(("cpu", batch_size, True, True))
     if torch.cuda.is_available():
-        settings.append(("cuda", gpu_batch_size))
+        settings += [("cuda", gpu_batch_size, layout, False) for layout in (False, True)]
     rows = []
-    typer.echo(f"{'model':<16} {'device':<6} {'layout':<14} {'batch':>5} {'threads':>7} {'images/s':>9}")
+    typer.echo(f"{'model':<16} {'device':<6} {'layout':<14} {'precision':<9} {'batch':>5} {'threads':>7} {'images/s':>9}")
     for name in names:
-        for device, batch in settings:
-            for channels_last in (False, True):
-                row = measure(name, device=device, channels_last=channels_last, batch_size=batch, steps=steps)
-                rows.append(row)
-                layout = "channels_last" if channels_last else "contiguous"
-                typer.echo(f"{name:<16} {device:<6} {layout:<14} {batch:>5} {row['threads'] or '-':>7} "
-                           f"{row['images_per_s']:>9.0f}")
+        for device, batch, channels_last, cpu_bf16 in settings:
+            row = measure(name, device=device, channels_last=channels_last, batch_size=batch, steps=steps,
+                          cpu_bf16=cpu_bf16)
+            rows.append(row)
+            layout = "channels_last" if channels_last else "contiguous"
+            typer.echo(f"{name:<16} {device:<6} {layout:<14} {row['precision']:<9} {batch:>5} "
+                       f"{row['threads'] or '-':>7} {row['images_per_s']:>9.0f}")
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -48,3 +48,30 @@ def test_epoch_stats_are_summed_over_ranks(tmp_path: Path) -> None:
     loss, accuracy, images = float(ranks[0][0]), float(ranks[0][1]), int(ranks[0][2])
     assert images == 96  # 3 steps x 16 faces x 2 ranks: the whole epoch, not rank 0's half
     assert loss > 0 and 0 <= accuracy <= 1
+
+
+def test_cpu_bf16_trains_in_bf16_autocast_where_the_cpu_has_native_bf16() -> None:
+    from fer_core.checkpoint import cpu_has_native_bf16
+    from fer_core.models import create_model
+    from training.config import TrainConfig
+    from training.loop import Schedule, build_optimizer, train_one_epoch, train_preset_of, uses_cpu_bf16
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 1, 48, 48), dtype=torch.uint8, generator=gen)
+    targets = torch.nn.functional.one_hot(torch.arange(32) % 7, 7).float()
+    cpu = torch.device("cpu")
+    for cpu_bf16 in (False, True):
+        cfg = TrainConfig(model="fer_vgg_tiny", batch_size=16, epochs=1, cpu_bf16=cpu_bf16)
+        torch.manual_seed(0)
+        model = create_model("fer_vgg_tiny")
+        seen: list[torch.dtype] = []
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        optimizer = build_optimizer(cfg, model)
+        stats = train_one_epoch(model, optimizer, Schedule(cfg, optimizer, 2), train_preset_of(cfg), images, targets,
+                                cfg=cfg, batch_size=16, epoch=0, rank=0, world_size=1, device=cpu)
+        in_bf16 = cpu_bf16 and cpu_has_native_bf16()  # elsewhere bf16 is emulated, slower: float32 instead
+        assert uses_cpu_bf16(cfg, cpu) == in_bf16
+        assert seen == [torch.bfloat16 if in_bf16 else torch.float32] * 2
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimiser stay float32
+        assert stats.images == 32 and torch.isfinite(torch.tensor(stats.loss))

@@ -122,6 +122,11 @@ class TrainConfig:
     num_workers: int = 1
     """Ray Train workers (DDP)."""
     use_gpu: bool = False
+    cpu_bf16: bool = False
+    """Train in bf16 autocast on the CPU (weights, optimiser and loss stay float32), where the CPU has native bf16
+    (AVX512-BF16 or AMX): the 118-MMAC VGG trains at about twice the images/s (``benchmarks/train_throughput.py``).
+    Where bf16 would be emulated (slower than float32) the run says so and trains in float32. GPUs always train
+    in bf16 autocast; evaluation and export stay float32."""
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0
     """torch threads in each worker (0 = cpus_per_worker)."""

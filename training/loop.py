@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fer_core.checkpoint import CheckpointMeta
+from fer_core.checkpoint import CheckpointMeta, cpu_has_native_bf16
 from fer_core.labels import EMOTIONS
 from fer_core.preprocess import EvalPreset, Preprocessing, TrainPreset
 from training.config import CORRUPTION_KEYS, TrainConfig
@@ -165,6 +165,20 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+def training_autocast(device: torch.device, cfg: TrainConfig) -> torch.autocast:
+    """bf16 autocast for a training step: always on a GPU, on the CPU with ``cfg.cpu_bf16`` where the CPU has
+    native bf16 (`uses_cpu_bf16`)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=uses_cpu_bf16(cfg, device))
+
+
+def uses_cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training on this device runs in bf16 autocast on the CPU: ``cfg.cpu_bf16`` on a CPU with native bf16
+    (on others bf16 is emulated, slower than float32, so the run trains in float32)."""
+    return device.type == "cpu" and cfg.cpu_bf16 and cpu_has_native_bf16()
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -209,8 +223,8 @@ def train_one_epoch(
         x, y = mix_batch(x, y, cfg, rng)
         y, soft = y[:, :n_classes], y[:, n_classes:]
         schedule.step_batch(epoch * steps + step)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
+        with training_autocast(device, cfg):
+            logits = model(x).float()
         loss = soft_cross_entropy(logits, y, cfg.label_smoothing, class_weight)
         if teacher is not None:
             w = cfg.distill_weight

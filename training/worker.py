@@ -30,6 +30,7 @@ from training.loop import (
     preprocessing_of,
     train_one_epoch,
     train_preset_of,
+    uses_cpu_bf16,
 )
 
 STATE_FILE = "train_state.pt"
@@ -222,6 +223,10 @@ def train_process(config: dict[str, Any], session: Session) -> None:
     model = create_model(cfg.model, num_classes=len(EMOTIONS), in_channels=cfg.channels, **kwargs)
     # oneDNN convolutions on the CPU (benchmarks/train_throughput.py); cuDNN's bf16 kernels on a GPU.
     model = model.to(memory_format=torch.channels_last)
+    if cfg.cpu_bf16 and device.type == "cpu" and rank == 0:
+        print("training in bf16 autocast on the CPU (cpu_bf16)" if uses_cpu_bf16(cfg, device) else
+              "cpu_bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower than float32; "
+              "training in float32", flush=True)
     per_worker_batch = cfg.batch_size // world
     steps_per_epoch = len(images) // (per_worker_batch * world)
     if steps_per_epoch == 0:
