@@ -77,6 +77,26 @@ def test_an_ensemble_is_scored_on_publictest_and_its_mean_written(fer_data_dir, 
     assert record["ensemble_public_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == data.labels)))
 
 
+def test_a_committed_predictions_file_is_a_member_as_its_model_was(fer_data_dir, tiny_checkpoint, tmp_path: Path) -> None:
+    from training.data import load_fer
+    from training.distill import member_predictions, save_predictions
+
+    data = load_fer(fer_data_dir, splits=["PublicTest"]).subset(300)
+    cpu = torch.device("cpu")
+    probs, record = ensemble_predictions([str(tiny_checkpoint)], data, device=cpu)
+    written = save_predictions(tmp_path / "tiny.npz", data.row, data.usage, probs, record)
+    again, member = member_predictions(str(written), data, device=cpu)
+    # Stored as float16 log-probabilities: the same answers, probabilities within float16 rounding.
+    assert np.allclose(again, probs, atol=2e-3) and (again.argmax(1) == probs.argmax(1)).mean() > 0.99
+    assert member["name"] == "tiny-test" and member["public_accuracy_flip"] == pytest.approx(
+        record["teachers"][0]["public_accuracy_flip"], abs=0.01)
+    # A model and a file ensembled together: the mean of the two.
+    both, mixed = ensemble_predictions([str(tiny_checkpoint), str(written)], data, device=cpu)
+    assert np.allclose(both, (probs + again) / 2, atol=1e-6) and len(mixed["teachers"]) == 2
+    with pytest.raises(DataError, match="not found"):
+        member_predictions(str(tmp_path / "absent.npz"), data, device=cpu)
+
+
 def test_an_epoch_with_distill_weight_1_pulls_the_student_to_the_teacher() -> None:
     """A real training loop on random faces whose only signal is the teacher: KL to the teacher falls."""
     from fer_core.models import create_model

@@ -3,6 +3,7 @@ them to a student.
 
     python training/distill.py --teacher runs/t1/model --teacher runs/t2/model \\
         --data ../shared/data/fer2013 --out teachers/ensemble_t1_t2.npz
+    python training/distill.py --teacher runs/t3/model --teacher teachers/t1.npz ...   # with committed teachers
 
 The file holds the ensemble's probabilities (the mean of the teachers', each with flip averaging) on every face
 of every split, keyed by the face's fer2013.csv row, and its record (each teacher's and the ensemble's PublicTest
@@ -96,8 +97,18 @@ def load_predictions(path: str | Path, rows: np.ndarray) -> tuple[np.ndarray, di
 
 def member_predictions(source: str, data: FerData, *, device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
     """One teacher's probabilities (N, C) on every face of ``data``, with flip averaging, and its record (its
-    PublicTest accuracy)."""
+    PublicTest accuracy). ``source`` is a checkpoint folder, or a predictions file this script wrote (``.npz``: a
+    teacher committed as its predictions, trained in an earlier session or on another machine; a file that holds an
+    ensemble counts as one member)."""
     from fer_core.checkpoint import load_checkpoint
+
+    if str(source).endswith(".npz"):
+        log_probs, stored = load_predictions(source, data.row)
+        probs = np.exp(log_probs.astype(np.float64))
+        probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)  # stored as float16 log-probabilities
+        members = stored.get("teachers", [])
+        name = members[0].get("name") if len(members) == 1 else f"{Path(source).stem} ({len(members)} teachers)"
+        return probs, {"source": str(source), "name": name, "public_accuracy_flip": _public_accuracy(probs, data)}
     from training.align import as_served
     from training.loop import predict_logits
 
@@ -131,7 +142,8 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 @app.command()
 def main(
-    teacher: list[str] = typer.Option(..., "--teacher", help="A teacher checkpoint folder (repeat for an ensemble)."),
+    teacher: list[str] = typer.Option(..., "--teacher", help="A teacher checkpoint folder, or a predictions .npz "
+                                      "this script wrote (repeat for an ensemble)."),
     data: str = typer.Option("../shared/data/fer2013", "--data", help="FER-2013 location."),
     out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
 ) -> None:
