@@ -7,9 +7,9 @@ Each ``--config`` is ``window,window_face_px,full_side[,rescore_below[,keep_lost
 sides, the face size windows are downscaled to, the longest side of the image full detections run on (640 = the
 detector's own; less tests item 2 of issue 11, full detections on a smaller image; windows keep the detector's
 scale), the score below which a face found in its window gets a full detection next (the job's 0.85) and how long
-a face no full detection finds again keeps its window searched (the job's ``track_max_age_s``, 1.0; 0 = not). Every video is decoded
-once, in one process with one OpenCV thread, and each frame goes through the full detector (the reference) and
-through one `ScheduledDetector` per setting at the job's auto interval. Prints for each setting the detection time
+a face no full detection finds again keeps its window searched (the job's ``track_max_age_s``, 1.0; 0 = not).
+Every video is decoded once, in one process with one OpenCV thread, and each frame (with its time) goes through
+the full detector (the reference) and through one `ScheduledDetector` per setting at the job's auto interval. Prints for each setting the detection time
 against the reference's, the full detections by reason and the window searches, face recall and precision against
 the reference (IoU >= 0.5), and, on the frames whose faces came from windows, the mean and 95th percentile of the
 landmarks' roll, yaw and pitch differences to the reference's; then the videos where recall fell below 0.99.

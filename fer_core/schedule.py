@@ -18,10 +18,11 @@ Consecutive sampled frames barely change, and a face found at one frame sits nea
 A face that a full detection no longer finds (one that flickers below the detector's threshold, or turns away for a
 moment) is not forgotten at once: given frame times, its window is still searched on the frames between full
 detections for ``keep_lost_s`` seconds (the tracker's ``track_max_age_s``, so that a face found again there keeps
-its track id), and it is returned only once found again. On the 13 shared videos this took the track switches
-against the full detector on every frame from 1 to 0 at ``--fps 0`` and at ``--fps 5``: the switches were a face
-in the crowd that the full detector found on 4 of 21 frames, none of them the schedule's full detections, and a
-face on stage missed by one full detection and not searched again for 1.2 s.
+its track id), and it is returned only once found again. In ``face_recognition_short_hamilton_clip.mp4`` at
+``--fps 5`` a face on stage that one full detection missed went unsearched for 1.2 s, longer than a track lives,
+and came back under a new id; its window now finds it on the next frame. (The other switch the schedule caused on
+the shared videos, a face in the crowd that the full detector found on only 4 of 21 frames, is the tracker's to
+bridge: `fer_core.track`.)
 
 In between, each face of the previous frame is searched for in a square window ``window`` times its box side,
 cut from the full-resolution frame and downscaled by the same factor as a full detection, so the network sees the
@@ -73,7 +74,8 @@ def schedule_description(detect_every: int, keep_lost_s: float) -> dict[str, Any
     keeps a lost face searched for its ``track_max_age_s``)."""
     defaults = ScheduledDetector.__init__.__kwdefaults__
     return {"detect_every": int(detect_every), "auto_interval_s": AUTO_INTERVAL_S if detect_every == 0 else None,
-            **{key: defaults[key] for key in ("window", "window_face_px", "cut_threshold", "rescore_below", "match_iou")},
+            **{key: defaults[key] for key in ("window", "window_face_px", "cut_threshold", "rescore_below",
+                                              "match_iou")},
             "keep_lost_s": float(keep_lost_s)}
 
 
@@ -192,7 +194,8 @@ class ScheduledDetector:
     def _forget_lost(self, which: np.ndarray | None = None) -> None:
         """Stops searching for the lost faces marked in `which` (all by default)."""
         keep = np.zeros(len(self._lost_s), bool) if which is None else ~which
-        self._lost_boxes, self._lost_roll, self._lost_s = self._lost_boxes[keep], self._lost_roll[keep], self._lost_s[keep]
+        self._lost_boxes, self._lost_roll = self._lost_boxes[keep], self._lost_roll[keep]
+        self._lost_s = self._lost_s[keep]
 
     def _search(self, image: np.ndarray, box: np.ndarray, roll_deg: float) -> Detections | None:
         """The detection in the face's window that continues `box` (IoU >= ``match_iou``), or None."""

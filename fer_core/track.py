@@ -72,7 +72,8 @@ class IoUTracker:
             iou_threshold: Lowest IoU for a box to continue a track.
             max_age_s: Seconds a track survives without a match.
             max_shift: Farthest a box's centre may lie from a track's last one, in that box's larger sides, to
-                continue it when the IoU falls short (more for a track unseen longer than `REACH_AFTER_S`); 0 = IoU only.
+                continue it when the IoU falls short (more for a track unseen longer than `REACH_AFTER_S`);
+                0 = IoU only.
         """
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
@@ -133,7 +134,8 @@ class IoUTracker:
             take(self._greedy(-iou_matrix(boxes, last), -self.iou_threshold))
             # Then the boxes the IoU pass left may continue the tracks it left (on most frames it leaves none).
             if self.max_shift > 0 and not box_taken.all() and not track_taken.all():
-                reach = 1.0 + np.maximum(0.0, np.array([timestamp_s - t.last_seen_s for t in self._tracks]) - REACH_AFTER_S)
+                unseen_s = np.array([timestamp_s - t.last_seen_s for t in self._tracks])
+                reach = 1.0 + np.maximum(0.0, unseen_s - REACH_AFTER_S)  # in multiples of max_shift
                 take(self._greedy(_centre_shift(boxes, last) / reach[None, :], self.max_shift))
 
         for box_index in np.flatnonzero(ids < 0):
