@@ -9,10 +9,11 @@ detector's own; less tests item 2 of issue 11, full detections on a smaller imag
 scale), the score below which a face found in its window gets a full detection next (the job's 0.85) and how long
 a face no full detection finds again keeps its window searched (the job's ``track_max_age_s``, 1.0; 0 = not).
 Every video is decoded once, in one process with one OpenCV thread, and each frame (with its time) goes through
-the full detector (the reference) and through one `ScheduledDetector` per setting at the job's auto interval. Prints for each setting the detection time
-against the reference's, the full detections by reason and the window searches, face recall and precision against
-the reference (IoU >= 0.5), and, on the frames whose faces came from windows, the mean and 95th percentile of the
-landmarks' roll, yaw and pitch differences to the reference's; then the videos where recall fell below 0.99.
+the full detector (the reference) and through one `ScheduledDetector` per setting at the job's auto interval.
+Prints for each setting the detection time against the reference's, the full detections by reason and the window
+searches (and the lost faces they found again), face recall and precision against the reference (IoU >= 0.5), and,
+on the frames whose faces came from windows, the mean and 95th percentile of the landmarks' roll, yaw and pitch
+differences to the reference's; then the videos where recall fell below 0.99.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def main(
     reference = create_detector("auto", detector_model)
     full_detectors = {side: reference if side == reference.max_side else _Scaled(
         create_detector("auto", detector_model, max_side=side), reference) for side in {s[2] for s in settings}}
-    stats = {s: {"t": 0.0, "hit": 0, "ref": 0, "got": 0, "reasons": {}, "windows": 0, "found_again": 0, "roll": [], "yaw": [], "pitch": []}
-             for s in settings}
+    stats = {s: {"t": 0.0, "hit": 0, "ref": 0, "got": 0, "reasons": {}, "windows": 0, "found_again": 0,
+                 "roll": [], "yaw": [], "pitch": []} for s in settings}
     per_video: dict[tuple, list[int]] = {}
     reference_s = 0.0
     frames = 0
