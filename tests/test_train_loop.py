@@ -75,3 +75,33 @@ def test_cpu_bf16_trains_in_bf16_autocast_where_the_cpu_has_native_bf16() -> Non
         assert seen == [torch.bfloat16 if in_bf16 else torch.float32] * 2
         assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimiser stay float32
         assert stats.images == 32 and torch.isfinite(torch.tensor(stats.loss))
+
+
+def test_plain_and_flip_predictions_come_from_one_pass_and_match_direct_forwards() -> None:
+    import numpy as np
+
+    from fer_core.models import create_model
+    from fer_core.preprocess import EvalPreset, Preprocessing
+    from training.loop import accuracy_plain_and_flip, predict_logits, predict_plain_and_flip
+
+    torch.manual_seed(0)
+    model = create_model("fer_vgg_tiny").eval()
+    calls: list[int] = []
+    model.register_forward_hook(lambda _m, inputs, _o: calls.append(len(inputs[0])))
+    faces = np.random.default_rng(0).integers(0, 256, (21, 48, 48), dtype=np.uint8)
+    spec, cpu = Preprocessing(), torch.device("cpu")
+    plain, flip = predict_plain_and_flip(model, faces, spec, device=cpu, batch_size=8)  # 3 batches, the last partial
+    assert calls == [8, 8, 8, 8, 5, 5]  # one plain and one mirrored forward per batch, nothing computed twice
+    x = EvalPreset(spec)(faces)
+    with torch.no_grad():
+        direct = torch.softmax(model(x), -1).numpy()
+        mirrored = torch.softmax(model(torch.flip(x, dims=[3])), -1).numpy()
+    np.testing.assert_allclose(plain, direct, atol=1e-5)
+    np.testing.assert_allclose(flip, (direct + mirrored) / 2, atol=1e-5)
+    np.testing.assert_array_equal(predict_logits(model, faces, spec, device=cpu, tta="flip"), flip)
+    np.testing.assert_array_equal(predict_logits(model, faces, spec, device=cpu), plain)
+    assert predict_plain_and_flip(model, faces, spec, device=cpu, flip=False)[1] is None
+    labels = direct.argmax(1)
+    labels[:3] = (labels[:3] + 1) % 7  # three of 21 wrong on the plain faces
+    acc, acc_flip = accuracy_plain_and_flip(model, faces, labels, spec, device=cpu)
+    assert acc == 18 / 21 and acc_flip == float(np.mean(flip.argmax(1) == labels))

@@ -246,14 +246,12 @@ def train_one_epoch(
 def accuracy_plain_and_flip(
     model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, spec: Preprocessing, *, device: torch.device
 ) -> tuple[float, float]:
-    """Accuracy on uint8 faces without test-time augmentation and with flip TTA."""
-    return tuple(  # type: ignore[return-value]
-        float(np.mean(predict_logits(model, pixels, spec, device=device, tta=tta).argmax(1) == labels))
-        for tta in ("none", "flip")
-    )
+    """Accuracy on uint8 faces without test-time augmentation and with flip TTA (one pass: the plain forward is
+    shared by both)."""
+    plain, flip = predict_plain_and_flip(model, pixels, spec, device=device)
+    return tuple(float(np.mean(p.argmax(1) == labels)) for p in (plain, flip))  # type: ignore[return-value]
 
 
-@torch.inference_mode()
 def predict_logits(
     model: torch.nn.Module,
     pixels: np.ndarray,
@@ -264,14 +262,33 @@ def predict_logits(
     batch_size: int = 512,
 ) -> np.ndarray:
     """Softmax probabilities (N, C) for uint8 faces through the eval preset; tta 'flip' averages with the mirror."""
+    plain, flip = predict_plain_and_flip(model, pixels, spec, device=device, batch_size=batch_size, flip=tta == "flip")
+    return flip if tta == "flip" else plain
+
+
+@torch.inference_mode()
+def predict_plain_and_flip(
+    model: torch.nn.Module,
+    pixels: np.ndarray,
+    spec: Preprocessing,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    flip: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Softmax probabilities (N, C) of the faces as they are, and (``flip``) their mean with the mirrored faces',
+    from one pass over the faces: each face's plain forward is computed once for both."""
     model.eval()
     preset = EvalPreset(spec)
-    out = []
+    plain, flipped = [], []
     for start in range(0, len(pixels), batch_size):
         x = preset(pixels[start : start + batch_size]).to(device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             p = torch.softmax(model(x).float(), -1)
-            if tta == "flip":
+            plain.append(p.float().cpu().numpy())
+            if flip:
                 p = (p + torch.softmax(model(torch.flip(x, dims=[3])).float(), -1)) / 2
-        out.append(p.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+                flipped.append(p.float().cpu().numpy())
+    if not plain:
+        return np.zeros((0, 0), dtype=np.float32), (np.zeros((0, 0), dtype=np.float32) if flip else None)
+    return np.concatenate(plain), (np.concatenate(flipped) if flip else None)
