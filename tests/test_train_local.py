@@ -25,13 +25,15 @@ def _history(out: Path, name: str = "local") -> list[dict]:
 
 def test_fit_budget_counts_the_epochs_that_fit_in_what_is_left() -> None:
     # 60 s budget, the first epoch took 10 s of it: 5 more of 10 s fit.
-    assert _fit_budget(60, 10, 10, 0, 100) == 6
-    # After the second epoch (22 s used, 8 s each now): 4 more fit; never more than configured.
-    assert _fit_budget(60, 22, 8, 1, 100) == 6
-    assert _fit_budget(600, 22, 8, 1, 30) == 30
+    assert _fit_budget(60, 10, [10], 100) == 6
+    # After the second epoch (22 s used, 12 + 8 s of it in epochs): 38 s left holds 4 more at 8 s.
+    assert _fit_budget(60, 22, [12, 8], 100) == 6
+    # A second epoch slowed by other work on the machine (30 s) does not shorten the run: the faster pace counts.
+    assert _fit_budget(120, 40, [10, 30], 100) == 2 + 8
+    assert _fit_budget(600, 22, [12, 8], 30) == 30  # never more than configured
     # Over budget already: the epochs done so far, never fewer.
-    assert _fit_budget(5, 10, 10, 0, 100) == 1
-    assert _fit_budget(5, 30, 10, 1, 100) == 2
+    assert _fit_budget(5, 10, [10], 100) == 1
+    assert _fit_budget(5, 30, [10, 20], 100) == 2
 
 
 def test_a_negative_time_budget_is_refused(fer_data_dir: Path) -> None:
