@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,37 @@ def test_the_gpu_teacher_script_names_a_bad_backend_or_config(fer_data_dir, tmp_
                             str(tmp_path / "o"), *args], cwd=repo, capture_output=True, text=True, timeout=120)
         lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
         assert r.returncode == 1 and len(lines) == 1 and message in lines[0], r.stdout + r.stderr
+
+
+def test_save_members_writes_each_checkpoint_teachers_own_predictions(tiny_checkpoint, tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from training.data import load_fer
+    from training.distill import app, load_predictions, member_file
+
+    rng = np.random.default_rng(0)
+    data_csv = tmp_path / "fer2013.csv"
+    with data_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("emotion", "pixels", "Usage"))
+        for i in range(24):
+            writer.writerow([i % 7, " ".join(map(str, rng.integers(0, 256, 48 * 48))), ("Training", "PublicTest")[i % 2]])
+    fer = load_fer(data_csv)
+    run_model = tmp_path / "runs" / "teacher_t" / "model"  # an exported run, as training/train.py writes it
+    shutil.copytree(tiny_checkpoint, run_model)
+    committed = tmp_path / "committed.npz"
+    assert CliRunner().invoke(app, ["--teacher", str(tiny_checkpoint), "--data", str(data_csv), "--out",
+                                    str(committed)]).exit_code == 0
+    members = tmp_path / "members"
+    result = CliRunner().invoke(app, ["--teacher", str(run_model), "--teacher", str(committed), "--data", str(data_csv),
+                                      "--out", str(tmp_path / "ensemble.npz"), "--save-members", str(members)])
+    assert result.exit_code == 0, result.output
+    assert member_file(str(run_model), members) == members / "teacher_t.npz"
+    assert sorted(p.name for p in members.iterdir()) == ["teacher_t.npz"]  # a file member is already committed
+    own, record = load_predictions(members / "teacher_t.npz", fer.row)
+    again, _ = load_predictions(committed, fer.row)  # the same weights, written by the first command
+    assert np.allclose(own, again, atol=1e-3)
+    assert [m["name"] for m in record["teachers"]] == ["tiny-test"]
+    assert "its own predictions written to" in result.output

@@ -4,6 +4,7 @@ them to a student.
     python training/distill.py --teacher runs/t1/model --teacher runs/t2/model \\
         --data ../shared/data/fer2013 --out teachers/ensemble_t1_t2.npz
     python training/distill.py --teacher runs/t3/model --teacher teachers/t1.npz ...   # with committed teachers
+    python training/distill.py --teacher runs/t4/model ... --save-members teachers/   # also t4's own, teachers/t4.npz
 
 The file holds the ensemble's probabilities (the mean of the teachers', each with flip averaging) on every face
 of every split, keyed by the face's fer2013.csv row, and its record (each teacher's and the ensemble's PublicTest
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -132,6 +133,14 @@ def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.de
     return combine([p for p, _ in parts], [m for _, m in parts], data)
 
 
+def member_file(source: str, folder: str | Path) -> Path:
+    """Where ``--save-members`` writes a checkpoint teacher's own predictions: ``folder/<run>.npz``, the run being
+    the folder above an exported ``model/`` (``runs/teacher_x/model`` -> ``teacher_x.npz``), else the checkpoint
+    folder's own name."""
+    p = Path(source.rstrip("/"))
+    return Path(folder) / f"{(p.parent if p.name == 'model' else p).name}.npz"
+
+
 def _public_accuracy(probs: np.ndarray, data: FerData) -> float | None:
     public = data.usage == SPLITS.index("PublicTest")
     return float(np.mean(probs[public].argmax(1) == data.labels[public])) if public.any() else None
@@ -146,6 +155,8 @@ def main(
                                       "this script wrote (repeat for an ensemble)."),
     data: str = typer.Option("../shared/data/fer2013", "--data", help="FER-2013 location."),
     out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
+    save_members: Optional[Path] = typer.Option(None, "--save-members", help="Also write each checkpoint teacher's "
+                                                "own predictions into this folder, as <run>.npz (see member_file)."),
 ) -> None:
     """Score teachers and their ensemble on PublicTest and write their predictions on every face."""
     from fer_core.checkpoint import CheckpointError
@@ -153,10 +164,18 @@ def main(
 
     try:
         fer = load_fer(data)
-        probs, record = ensemble_predictions(teacher, fer, device=torch.device("cpu"))
+        parts = [member_predictions(source, fer, device=torch.device("cpu")) for source in teacher]
     except (DataError, CheckpointError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
+    probs, record = combine([p for p, _ in parts], [m for _, m in parts], fer)
+    if save_members is not None:
+        for source, (member_probs, member) in zip(teacher, parts):
+            if not source.endswith(".npz"):
+                path = save_predictions(member_file(source, save_members), fer.row, fer.usage, member_probs,
+                                        {"teachers": [member], "ensemble_public_accuracy": member["public_accuracy_flip"],
+                                         "tta": "flip", "data": data})
+                typer.echo(f"{member['name']}: its own predictions written to {path}")
     save_predictions(out, fer.row, fer.usage, probs, {**record, "data": data})
     for m in record["teachers"]:
         typer.echo(f"{m['name']}: PublicTest {m['public_accuracy_flip']:.4f} (flip)")
