@@ -109,8 +109,9 @@ class TrainConfig:
     """Fit the run into about this many minutes (0 = off): after the first epoch, ``epochs`` becomes the number of
     epochs of that epoch's length (training and evaluation) that fit, at most the configured number, and the
     learning-rate schedule spans them; after the second, again at the pace of the faster of the two (the first
-    includes warm-up; other work on the machine may slow either). A machine busier later makes the run end late. Under DDP the workers take the smallest count any of them fitted. The epochs chosen are kept
-    across a resume and recorded in the exported checkpoint."""
+    includes warm-up; other work on the machine may slow either). A machine busier later makes the run end late.
+    Under DDP the workers take the smallest count any of them fitted. The epochs chosen are kept across a resume
+    and recorded in the exported checkpoint."""
     swa_start: int = 0
     """Stochastic weight averaging: from this epoch on (counted from 1, as in the log), keep the mean of the weights
     at each epoch's end; the averaged model, BatchNorm statistics recomputed, is evaluated every epoch and can be the
