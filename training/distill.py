@@ -172,9 +172,9 @@ def main(
     if save_members is not None:
         for source, (member_probs, member) in zip(teacher, parts):
             if not source.endswith(".npz"):
-                path = save_predictions(member_file(source, save_members), fer.row, fer.usage, member_probs,
-                                        {"teachers": [member], "ensemble_public_accuracy": member["public_accuracy_flip"],
-                                         "tta": "flip", "data": data})
+                own, own_record = combine([member_probs], [member], fer)  # an ensemble of one, as a file member reads it
+                path = save_predictions(member_file(source, save_members), fer.row, fer.usage, own,
+                                        {**own_record, "data": data})
                 typer.echo(f"{member['name']}: its own predictions written to {path}")
     save_predictions(out, fer.row, fer.usage, probs, {**record, "data": data})
     for m in record["teachers"]:
