@@ -246,7 +246,8 @@ def test_save_members_writes_each_checkpoint_teachers_own_predictions(tiny_check
                                     str(committed)]).exit_code == 0
     members = tmp_path / "members"
     result = CliRunner().invoke(app, ["--teacher", str(run_model), "--teacher", str(committed), "--data", str(data_csv),
-                                      "--out", str(tmp_path / "ensemble.npz"), "--save-members", str(members)])
+                                      "--out", str(tmp_path / "ensemble.npz"), "--save-members", str(members),
+                                      "--subsets"])
     assert result.exit_code == 0, result.output
     assert member_file(str(run_model), members) == members / "teacher_t.npz"
     assert sorted(p.name for p in members.iterdir()) == ["teacher_t.npz"]  # a file member is already committed
@@ -255,3 +256,19 @@ def test_save_members_writes_each_checkpoint_teachers_own_predictions(tiny_check
     assert np.allclose(own, again, atol=1e-3)
     assert [m["name"] for m in record["teachers"]] == ["tiny-test"]
     assert "its own predictions written to" in result.output
+    assert "subset tiny-test + tiny-test: PublicTest" in result.output  # the one pair, from the same predictions
+
+
+
+def test_subsets_score_every_combination_best_first(fer_data_dir) -> None:
+    from training.data import load_fer
+    from training.distill import subset_accuracies
+
+    data = load_fer(fer_data_dir, splits=["PublicTest"]).subset(200)
+    eye = np.eye(7, dtype=np.float32)
+    right = 0.8 * eye[data.labels] + 0.2 / 7  # always right, less sure than `wrong` is wrong
+    wrong = eye[(data.labels + 1) % 7]
+    half = np.where(np.arange(200)[:, None] < 100, right, wrong)  # right on the first half of the faces
+    scored = subset_accuracies([right, wrong, half], data)
+    assert scored == [((0, 2), 0.5), ((0, 1, 2), 0.5), ((0, 1), 0.0), ((1, 2), 0.0)]  # ties: fewer members first
+    assert subset_accuracies([right], data) == []  # single members are not subsets

@@ -5,6 +5,7 @@ them to a student.
         --data ../shared/data/fer2013 --out teachers/ensemble_t1_t2.npz
     python training/distill.py --teacher runs/t3/model --teacher teachers/t1.npz ...   # with committed teachers
     python training/distill.py --teacher runs/t4/model ... --save-members teachers/   # also t4's own, teachers/t4.npz
+    python training/distill.py --teacher teachers/t1.npz --teacher teachers/t2.npz ... --subsets  # every combination
 
 The file holds the ensemble's probabilities (the mean of the teachers', each with flip averaging) on every face
 of every split, keyed by the face's fer2013.csv row, and its record (each teacher's and the ensemble's PublicTest
@@ -133,6 +134,21 @@ def ensemble_predictions(teachers: list[str], data: FerData, *, device: torch.de
     return combine([p for p, _ in parts], [m for _, m in parts], data)
 
 
+def subset_accuracies(probs: list[np.ndarray], data: FerData) -> list[tuple[tuple[int, ...], float]]:
+    """PublicTest accuracy of the ensemble of every combination of two or more members (indices into ``probs``),
+    best first (ties: fewer members first), from the same predictions: choosing an ensemble's members costs no model
+    run. Empty where ``data`` holds no PublicTest faces."""
+    from itertools import combinations
+
+    scored = []
+    for k in range(2, len(probs) + 1):
+        for members in combinations(range(len(probs)), k):
+            accuracy = _public_accuracy(sum(probs[i] for i in members) / k, data)
+            if accuracy is not None:
+                scored.append((members, accuracy))
+    return sorted(scored, key=lambda s: (-s[1], len(s[0])))
+
+
 def member_file(source: str, folder: str | Path) -> Path:
     """Where ``--save-members`` writes a checkpoint teacher's own predictions: ``folder/<run>.npz``, the run being
     the folder above an exported ``model/`` (``runs/teacher_x/model`` -> ``teacher_x.npz``), else the checkpoint
@@ -157,6 +173,8 @@ def main(
     out: str = typer.Option("teachers/ensemble.npz", "--out", help="Where to write the predictions."),
     save_members: Optional[Path] = typer.Option(None, "--save-members", help="Also write each checkpoint teacher's "
                                                 "own predictions into this folder, as <run>.npz (see member_file)."),
+    subsets: bool = typer.Option(False, "--subsets", help="Also print the PublicTest accuracy of every combination "
+                                 "of two or more teachers, best first, to choose the ensemble's members."),
 ) -> None:
     """Score teachers and their ensemble on PublicTest and write their predictions on every face."""
     from fer_core.checkpoint import CheckpointError
@@ -180,6 +198,9 @@ def main(
     for m in record["teachers"]:
         typer.echo(f"{m['name']}: PublicTest {m['public_accuracy_flip']:.4f} (flip)")
     typer.echo(f"ensemble of {len(teacher)}: PublicTest {record['ensemble_public_accuracy']:.4f}; written to {out}")
+    if subsets:
+        for members, accuracy in subset_accuracies([p for p, _ in parts], fer):
+            typer.echo(f"subset {' + '.join(record['teachers'][i]['name'] for i in members)}: PublicTest {accuracy:.4f}")
 
 
 if __name__ == "__main__":
