@@ -259,7 +259,6 @@ def test_save_members_writes_each_checkpoint_teachers_own_predictions(tiny_check
     assert "subset tiny-test + tiny-test: PublicTest" in result.output  # the one pair, from the same predictions
 
 
-
 def test_subsets_score_every_combination_best_first(fer_data_dir) -> None:
     from training.data import load_fer
     from training.distill import subset_accuracies
